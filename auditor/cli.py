@@ -1,0 +1,58 @@
+"""The `auditor` command: parse, call, render. Each verb group lives in auditor/commands/."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from auditor.commands import audit, demo, implant, keys, probe, report
+from auditor.errors import UserError
+
+app = typer.Typer(
+    name="auditor",
+    help="Instructional-fingerprint auditor: implant, audit and prove model ownership.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (keys, probe, audit, report, implant, demo):
+    module.register(app)
+
+
+def main() -> None:
+    """Entry point: one clear message and an exit code instead of a traceback."""
+    from providers.base import ConfigError
+
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted; evidence recorded so far is kept", file=sys.stderr)
+        sys.exit(130)
+    except (UserError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:  # the last line of defence: short message, no locals
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""`auditor keys ...` (filled in below)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this group's verbs to the app."""
