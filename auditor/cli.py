@@ -27,7 +27,9 @@ def main() -> None:
     from providers.base import ConfigError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -183,7 +183,7 @@ class ServerError(TransientError):
     kind = "server_error"
 
 
-class TimeoutError_(TransientError):  # noqa: N801 - avoid shadowing the builtin
+class TimeoutError_(TransientError):  # trailing underscore: not the builtin
     kind = "timeout"
 
 
