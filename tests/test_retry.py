@@ -128,6 +128,7 @@ async def test_stall_times_out_within_deadline(setup: Setup) -> None:
         await generate_with_retry(provider, MSGS, SampleParams(), policy, rec)
     assert time.monotonic() - t0 <= policy.deadline_s + 1.0
     assert len(rec.infos) >= 2 and rec.infos[-1].final
+    assert len(srv.requests) == len(rec.infos)  # one request per reported attempt
     assert all(isinstance(i.error, base.TimeoutError_) for i in rec.infos)
 
 
@@ -148,6 +149,7 @@ async def test_backoff_grows_exponentially(setup: Setup) -> None:
     rec = Recorder()
     await generate_with_retry(provider, MSGS, SampleParams(), policy, rec)
     waits = [i.wait_s or 0.0 for i in rec.infos[:3]]
+    assert len(srv.requests) == 4
     for n, wait in enumerate(waits):
         assert 0.05 * 2**n <= wait <= 0.1 * 2**n  # jitter within [half, full] of the step
 
