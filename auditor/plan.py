@@ -9,8 +9,11 @@ kept in the secret evidence store, never printed (``public_dict`` leaves them ou
 from __future__ import annotations
 
 import dataclasses
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from auditor.decoys import control_keys, select_decoys
@@ -34,6 +37,16 @@ class EndpointConfig:
     concurrency: int = 8
     rpm: float | None = None  # requests per minute; None = unlimited
     timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.name.strip() or not self.spec.strip():
+            raise UserError("an endpoint needs a name and a provider spec")
+        if self.concurrency < 1:
+            raise UserError(f"endpoint {self.name}: concurrency must be at least 1")
+        if self.rpm is not None and self.rpm <= 0:
+            raise UserError(f"endpoint {self.name}: rpm must be positive")
+        if self.timeout_s <= 0:
+            raise UserError(f"endpoint {self.name}: timeout must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,6 +147,13 @@ class Plan:
             queries=[PlannedQuery(**q) for q in data["queries"]],
             prompts={k: [dict(m) for m in v] for k, v in data["prompts"].items()},
         )
+
+
+def new_audit_id(endpoint_name: str) -> str:
+    """A fresh, filesystem-safe audit id: a<UTC time>-<endpoint slug>-<random>."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", endpoint_name).strip("-")[:24] or "endpoint"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"a{stamp}-{slug}-{secrets.token_hex(3)}"
 
 
 def _wrap(messages: Messages, system_prompt: str | None) -> Messages:
