@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditor import stats
 from auditor.errors import UserError
-from auditor.scoring import Analysis
+from auditor.scoring import CATEGORIES, Analysis
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -167,7 +167,12 @@ def summary_rows(r: Report) -> list[tuple[str, str]]:
 
 def count_rows(a: Analysis) -> list[list[str]]:
     cols = ("prompts", "samples", "hits", "hit_samples", "refusals", "errors")
-    return [[cat, *(str(a.counts[cat].get(c, 0)) for c in cols)] for cat in a.counts]
+    return [[cat, *(str(a.counts[cat].get(c, 0)) for c in cols)]
+            for cat in sorted(a.counts, key=_category_order)]
+
+
+def _category_order(cat: str) -> tuple[int, str]:
+    return (CATEGORIES.index(cat) if cat in CATEGORIES else len(CATEGORIES), cat)
 
 
 COUNT_HEADER = ("category", "prompts", "samples", "hits (prompts)", "hit samples",
