@@ -89,7 +89,7 @@ def _compat(kind: str, target: str, env: str | None, base_url: str | None, timeo
     url = base_url or url
     if not url or not model:
         raise ConfigError(f"{kind} spec must look like {kind}:http://HOST:PORT/v1#MODEL")
-    clean = _without_userinfo(url)
+    clean = _without_userinfo(url).rstrip("/")
     key = read_credential(env, required=True) if env else None
     from providers.openai_compatible import OpenAICompatibleProvider
 
