@@ -89,7 +89,16 @@ def write_bundles(items: list[Finished], store: EvidenceStore, out_dir: Path, *,
         if not reveal:
             records = [{k: v for k, v in r.items() if k not in ("request", "response")}
                        for r in records]
-        item.bundle = write_bundle(out_dir / item.plan.audit_id, item.report, records,
+        item.bundle = write_bundle(_free_dir(out_dir / item.plan.audit_id), item.report, records,
                                    item.keyset.commitment(),
                                    keyset=item.keyset if reveal else None, reveal=reveal,
                                    signing_key=signing_key)
+
+
+def _free_dir(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3``... when an earlier run already wrote a bundle."""
+    candidate, n = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
