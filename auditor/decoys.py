@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from auditor.keys import Key, KeySet
 
 NEAREST = 3  # pick among this many closest-in-length unused prompts
+MAX_PARTS = 3  # at most this many pool prompts joined into one decoy
+SHORT = 0.8  # join another prompt while the decoy is shorter than this share of the target
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,12 @@ def decoy_pool() -> list[str]:
 
 def select_decoys(target_lengths: Sequence[int], n: int, rng: Csprng,
                   pool: Sequence[str] | None = None) -> list[Decoy]:
-    """``n`` distinct pool prompts whose lengths follow ``target_lengths``.
+    """``n`` decoys, no pool prompt used twice, whose lengths follow ``target_lengths``.
 
     For each decoy a target length is drawn from ``target_lengths``; one of the
-    ``NEAREST`` unused prompts closest to it is taken at random.
+    ``NEAREST`` unused prompts closest to it is taken at random. When the pool's prompts
+    are much shorter than the target, up to ``MAX_PARTS`` of them are joined (a user
+    asking several things at once), id "d012+d340".
     """
     if n <= 0:
         return []
@@ -51,27 +55,39 @@ def select_decoys(target_lengths: Sequence[int], n: int, rng: Csprng,
         raise UserError(f"asked for {n} decoys but the decoy pool has {len(prompts)} prompts")
     if not target_lengths:
         raise UserError("decoys need at least one key length to match")
-    # unused pool entries sorted by (length, index)
     free = sorted((len(text), idx) for idx, text in enumerate(prompts))
     chosen: list[Decoy] = []
-    for _ in range(n):
+    for made in range(n):
         target = target_lengths[rng.randbelow(len(target_lengths))]
-        pos = bisect.bisect_left(free, (target, -1))
-        lo, hi = max(0, pos - NEAREST), min(len(free), pos + NEAREST)
-        window = sorted(range(lo, hi), key=lambda i: (abs(free[i][0] - target), free[i][1]))
-        pick = window[rng.randbelow(min(NEAREST, len(window)))]
-        _, idx = free.pop(pick)
-        chosen.append(Decoy(f"d{idx:03d}", prompts[idx]))
+        parts: list[int] = []
+        length = -1
+        # keep enough prompts for the decoys still to come
+        while len(parts) < MAX_PARTS and len(free) > n - made - 1 and \
+                (not parts or length < SHORT * target):
+            idx = _take_nearest(free, target - length - 1, rng)
+            parts.append(idx)
+            length += len(prompts[idx]) + 1
+        chosen.append(Decoy("+".join(f"d{i:03d}" for i in parts),
+                            " ".join(prompts[i] for i in parts)))
     return chosen
+
+
+def _take_nearest(free: list[tuple[int, int]], target: int, rng: Csprng) -> int:
+    """Remove and return one of the NEAREST unused pool entries closest to ``target``."""
+    pos = bisect.bisect_left(free, (target, -1))
+    lo, hi = max(0, pos - NEAREST), min(len(free), pos + NEAREST)
+    window = sorted(range(lo, hi), key=lambda i: (abs(free[i][0] - target), free[i][1]))
+    pick = window[rng.randbelow(min(NEAREST, len(window)))]
+    return free.pop(pick)[1]
 
 
 def decoy_by_id(decoy_id: str, pool: Sequence[str] | None = None) -> Decoy:
     prompts = list(decoy_pool() if pool is None else pool)
     try:
-        idx = int(decoy_id.removeprefix("d"))
-        return Decoy(decoy_id, prompts[idx])
+        parts = [prompts[int(p.removeprefix("d"))] for p in decoy_id.split("+")]
     except (ValueError, IndexError) as exc:
         raise UserError(f"unknown decoy id {decoy_id!r}") from exc
+    return Decoy(decoy_id, " ".join(parts))
 
 
 def control_keys(keyset: KeySet, n: int, seed: int) -> list[Key]:
