@@ -113,14 +113,20 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes | str,
 
 
 def _error_fields(text: str) -> tuple[str | None, str | None]:
-    """(code, message) from an OpenAI ``{"error": {...}}`` or Anthropic error body."""
+    """(code, message) from an OpenAI/Anthropic ``{"error": {...}}``, Ollama ``{"error": "..."}``
+    or FastAPI ``{"detail": "..."}`` body."""
     try:
         data = json.loads(text)
     except ValueError:
         return None, None
-    err = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(err, dict):
+    if not isinstance(data, dict):
         return None, None
+    err = data.get("error")
+    if isinstance(err, str):
+        return None, err
+    if not isinstance(err, dict):
+        detail = data.get("detail") or data.get("message")
+        return None, (detail if isinstance(detail, str) else None)
     code = err.get("code") or err.get("type")
     msg = err.get("message")
     return (str(code) if code else None), (str(msg) if msg else None)
