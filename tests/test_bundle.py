@@ -169,3 +169,14 @@ def test_report_json_is_the_model(tmp_path: Path) -> None:
     assert Report.from_dict(data).verdict == "OWNED"
     lines = (out / "evidence.jsonl").read_text(encoding="utf-8").splitlines()
     assert "response" not in json.loads(lines[0]) and "response_sha256" in json.loads(lines[0])
+
+
+def test_engine_marked_error_is_accepted_but_not_a_false_owned(tmp_path: Path) -> None:
+    weak = make_records(endpoint_rows(random.Random(3), 20, 0.0, 20, 0.0, 40, 0.0))
+    report = make_report(weak)
+    report.verdict = "ERROR"  # the endpoint failed midway: the engine says so
+    assert verify_bundle(_signed_bundle(tmp_path / "a", report, weak)).ok
+    strong = owned_records()
+    report = make_report(strong)
+    report.verdict = "ERROR"
+    assert not verify_bundle(_signed_bundle(tmp_path / "b", report, strong)).ok
