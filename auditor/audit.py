@@ -18,6 +18,7 @@ from auditor.errors import AuditFailed
 from auditor.evidence import EvidenceStore, utc_now
 from auditor.plan import Plan, PlannedQuery
 from auditor.ratelimit import LimitedProvider
+from auditor.writer import GroupWriter
 
 if TYPE_CHECKING:
     from auditor.keys import KeySet
@@ -88,8 +89,8 @@ def analysis_settings(plan: Plan, keyset: KeySet) -> Any:
 
 class _Runner:
     def __init__(self, plan: Plan, keyset: KeySet, store: EvidenceStore, provider: Provider,
-                 policy: RetryPolicy, listener: Listener | None) -> None:
-        self.plan, self.keyset, self.store = plan, keyset, store
+                 policy: RetryPolicy, listener: Listener | None, writer: GroupWriter) -> None:
+        self.plan, self.keyset, self.store, self.writer = plan, keyset, store, writer
         self.provider, self.policy, self.listener = provider, policy, listener
         self.aid = plan.audit_id
         self.settings = analysis_settings(plan, keyset)
@@ -137,7 +138,7 @@ class _Runner:
         intended = {"model": self.provider.model, "messages": msgs, "params": params.to_dict()}
 
         async def on_attempt(info: AttemptInfo) -> None:
-            self._record(q, info, intended, params.to_dict())
+            await self._record(q, info, intended, params.to_dict())
 
         try:
             await generate_with_retry(self.provider, messages, params, self.policy, on_attempt)
@@ -158,7 +159,7 @@ class _Runner:
             self.down = _EndpointDown(message, kind)
         self.stop = True
 
-    def _record(self, q: PlannedQuery, info: AttemptInfo, intended: dict[str, Any],
+    async def _record(self, q: PlannedQuery, info: AttemptInfo, intended: dict[str, Any],
                 params: dict[str, Any]) -> None:
         from auditor.match import check, looks_like_refusal
 
@@ -182,7 +183,7 @@ class _Runner:
                           usage={}, request=intended, error_type=err.kind if err else "unknown",
                           error_status=err.status if err else None,
                           response=_error_text(err))
-        rec = self.store.append(fields)
+        rec = await self.writer.append(fields)  # committed before the next attempt
         if info.final:
             self.finals.append(rec)
             self.progress.done += 1
@@ -229,7 +230,8 @@ def _error_text(err: ProviderError | None) -> str:
 
 async def run_audit(plan: Plan, keyset: KeySet, store: EvidenceStore, *,
                     policy: RetryPolicy | None = None, listener: Listener | None = None,
-                    provider: Provider | None = None) -> AuditResult:
+                    provider: Provider | None = None,
+                    writer: GroupWriter | None = None) -> AuditResult:
     """Run (or continue) one endpoint's audit; never raises for endpoint failures."""
     from auditor.retry import RetryPolicy
     from providers.base import ProviderError
@@ -243,7 +245,8 @@ async def run_audit(plan: Plan, keyset: KeySet, store: EvidenceStore, *,
         return _failed(plan, store, started, f"{err.kind}: {err.message}", err.kind)
     ep = plan.endpoint
     limited = LimitedProvider(provider, rpm=ep.rpm)
-    runner = _Runner(plan, keyset, store, limited, policy or RetryPolicy(), listener)
+    runner = _Runner(plan, keyset, store, limited, policy or RetryPolicy(), listener,
+                     writer or GroupWriter(store))
     try:
         await runner.run()
     except (asyncio.CancelledError, KeyboardInterrupt):

@@ -31,6 +31,7 @@ from auditor.errors import UserError
 from auditor.evidence import EvidenceStore, utc_now
 from auditor.finish import Finished
 from auditor.plan import CampaignSettings, EndpointConfig, Plan, build_plan, new_audit_id
+from auditor.writer import GroupWriter
 
 if TYPE_CHECKING:
     from auditor.keys import KeySet
@@ -159,10 +160,11 @@ def prepare(entries: list[BatchEntry], keysets: Mapping[str, KeySet], base: Camp
 
 
 async def _guarded(plan: Plan, keyset: KeySet, store: EvidenceStore, policy: RetryPolicy | None,
-                   listener: Listener | None) -> AuditResult:
+                   listener: Listener | None, writer: GroupWriter) -> AuditResult:
     """Run one endpoint; any unexpected failure becomes that endpoint's ERROR."""
     try:
-        return await run_audit(plan, keyset, store, policy=policy, listener=listener)
+        return await run_audit(plan, keyset, store, policy=policy, listener=listener,
+                               writer=writer)
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except Exception as exc:  # isolate: never let one endpoint stop the others
@@ -176,7 +178,8 @@ async def _guarded(plan: Plan, keyset: KeySet, store: EvidenceStore, policy: Ret
 async def run_plans(plans: list[tuple[Plan, KeySet]], store: EvidenceStore, *,
                     policy: RetryPolicy | None = None,
                     listener: Listener | None = None) -> list[Finished]:
-    """Every endpoint at once; results in the order of ``plans``."""
+    """Every endpoint at once (one group-commit writer); results in the order of ``plans``."""
+    writer = GroupWriter(store)
     results = await asyncio.gather(*(
-        _guarded(p, ks, store, policy, listener) for p, ks in plans))
+        _guarded(p, ks, store, policy, listener, writer) for p, ks in plans))
     return [Finished(p, ks, r) for (p, ks), r in zip(plans, results, strict=True)]

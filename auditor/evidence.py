@@ -12,7 +12,8 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,23 @@ def _open_private(path: Path) -> None:
     os.close(fd)
 
 
+_INSERT = (f"INSERT INTO records ({','.join(_ALL_COLUMNS)}) "
+           f"VALUES ({','.join('?' * len(_ALL_COLUMNS))})")
+
+
+def _prepare(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The record minus its chain position: hashed fields, texts and their hashes."""
+    request = fields.get("request")
+    request_text = request if isinstance(request, str) or request is None else \
+        json.dumps(request, sort_keys=True, ensure_ascii=False)
+    response = fields.get("response")
+    rec = {name: fields.get(name) for name in HASHED_FIELDS}
+    rec["request"], rec["response"] = request_text, response
+    rec["request_sha256"] = text_hash(request_text)
+    rec["response_sha256"] = text_hash(response)
+    return rec
+
+
 def _to_row(rec: Mapping[str, Any]) -> tuple[Any, ...]:
     out: list[Any] = []
     for name in _ALL_COLUMNS:
@@ -122,6 +140,7 @@ class EvidenceStore:
 
     def __init__(self, path: Path | str = DEFAULT_STORE) -> None:
         self.path = Path(path)
+        self._lock = threading.RLock()  # one connection, used by the loop and a writer thread
         _open_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
@@ -163,35 +182,40 @@ class EvidenceStore:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def _q(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One statement under the lock, all rows fetched."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
     def migrations(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT name FROM schema_migrations ORDER BY name")]
+        return [r[0] for r in self._q("SELECT name FROM schema_migrations ORDER BY name")]
 
     def pragma(self, name: str) -> Any:
-        return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+        return self._q(f"PRAGMA {name}")[0][0]
 
     # --- audits ---------------------------------------------------------------------------
     def create_audit(self, audit_id: str, endpoint_id: str, plan: Mapping[str, Any]) -> None:
         now = utc_now()
         try:
-            self._db.execute("INSERT INTO audits VALUES (?, ?, ?, ?, ?, ?)",
+            self._q("INSERT INTO audits VALUES (?, ?, ?, ?, ?, ?)",
                              (audit_id, endpoint_id, now, now, "planned", json.dumps(plan)))
         except sqlite3.IntegrityError as exc:
             raise UserError(f"audit {audit_id} already exists in {self.path}") from exc
 
     def audit(self, audit_id: str) -> AuditRow:
-        row = self._db.execute("SELECT * FROM audits WHERE audit_id = ?", (audit_id,)).fetchone()
+        row = next(iter(self._q("SELECT * FROM audits WHERE audit_id = ?", (audit_id,))), None)
         if row is None:
             raise UserError(f"no audit {audit_id!r} in {self.path}")
         return AuditRow(row["audit_id"], row["endpoint_id"], row["created"], row["updated"],
                         row["status"], json.loads(row["plan"]))
 
     def audits(self, status: str | None = None) -> list[AuditRow]:
-        rows = self._db.execute("SELECT audit_id FROM audits ORDER BY created").fetchall()
+        rows = self._q("SELECT audit_id FROM audits ORDER BY created")
         found = [self.audit(r[0]) for r in rows]
         return [a for a in found if status is None or a.status == status]
 
     def set_status(self, audit_id: str, status: str) -> None:
-        self._db.execute("UPDATE audits SET status = ?, updated = ? WHERE audit_id = ?",
+        self._q("UPDATE audits SET status = ?, updated = ? WHERE audit_id = ?",
                          (status, utc_now(), audit_id))
 
     # --- records --------------------------------------------------------------------------
@@ -201,35 +225,38 @@ class EvidenceStore:
         ``fields`` carries the hashed fields except seq/prev_hash/ts/hashes, plus
         ``request`` (JSON-able payload) and ``response`` (text or error body).
         """
-        audit_id = str(fields["audit_id"])
-        request = fields.get("request")
-        request_text = request if isinstance(request, str) or request is None else \
-            json.dumps(request, sort_keys=True, ensure_ascii=False)
-        response = fields.get("response")
-        rec = {name: fields.get(name) for name in HASHED_FIELDS}
-        rec["request"], rec["response"] = request_text, response
-        rec["request_sha256"] = text_hash(request_text)
-        rec["response_sha256"] = text_hash(response)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            last = self._db.execute(
-                "SELECT seq, hash FROM records WHERE audit_id = ? ORDER BY seq DESC LIMIT 1",
-                (audit_id,)).fetchone()
-            rec["seq"] = 1 if last is None else int(last[0]) + 1
-            rec["prev_hash"] = GENESIS if last is None else str(last[1])
-            rec["ts"] = utc_now()
-            rec["hash"] = record_hash(rec)
-            marks = ",".join("?" * len(_ALL_COLUMNS))
-            self._db.execute(f"INSERT INTO records ({','.join(_ALL_COLUMNS)}) VALUES ({marks})",
-                             _to_row(rec))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return rec
+        return self.append_many([fields])[0]
+
+    def append_many(self, batch: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Append records in order in ONE transaction (one fsync): group commit."""
+        recs = [_prepare(fields) for fields in batch]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                heads: dict[str, tuple[int, str]] = {}
+                for rec in recs:
+                    aid = str(rec["audit_id"])
+                    if aid not in heads:
+                        heads[aid] = self._head(aid)
+                    seq, prev = heads[aid]
+                    rec["seq"], rec["prev_hash"], rec["ts"] = seq + 1, prev, utc_now()
+                    rec["hash"] = record_hash(rec)
+                    heads[aid] = (seq + 1, rec["hash"])
+                    self._db.execute(_INSERT, _to_row(rec))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return recs
+
+    def _head(self, audit_id: str) -> tuple[int, str]:
+        last = self._db.execute(
+            "SELECT seq, hash FROM records WHERE audit_id = ? ORDER BY seq DESC LIMIT 1",
+            (audit_id,)).fetchone()
+        return (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
 
     def iter_records(self, audit_id: str) -> Iterator[dict[str, Any]]:
-        cur = self._db.execute("SELECT * FROM records WHERE audit_id = ? ORDER BY rowid",
+        cur = self._q("SELECT * FROM records WHERE audit_id = ? ORDER BY rowid",
                                (audit_id,))
         for row in cur:
             yield _from_row(row)
@@ -239,12 +266,12 @@ class EvidenceStore:
         return [r for r in recs if r["final"]] if final_only else recs
 
     def completed_queries(self, audit_id: str) -> set[str]:
-        rows = self._db.execute("SELECT DISTINCT query_id FROM records "
+        rows = self._q("SELECT DISTINCT query_id FROM records "
                                 "WHERE audit_id = ? AND final = 1", (audit_id,))
         return {r[0] for r in rows}
 
     def attempts_so_far(self, audit_id: str) -> dict[str, int]:
-        rows = self._db.execute("SELECT query_id, MAX(attempt) FROM records "
+        rows = self._q("SELECT query_id, MAX(attempt) FROM records "
                                 "WHERE audit_id = ? GROUP BY query_id", (audit_id,))
         return {r[0]: int(r[1]) for r in rows}
 
@@ -258,29 +285,33 @@ class EvidenceStore:
         check = self.verify(audit_id)
         if check.ok:
             return None
-        rows = self._db.execute("SELECT rowid, * FROM records WHERE audit_id = ? ORDER BY rowid",
-                                (audit_id,)).fetchall()
+        rows = self._q("SELECT rowid, * FROM records WHERE audit_id = ? ORDER BY rowid",
+                       (audit_id,))
         if check.first_bad_seq != len(rows):
             raise AuditFailed(f"evidence chain of audit {audit_id} is damaged: {check.reason}; "
                               "refusing to continue")
         bad = rows[-1]
+        with self._lock:
+            self._move_to_quarantine(bad, check.reason)
+        return Quarantined(audit_id, int(bad["seq"]), check.reason)
+
+    def _move_to_quarantine(self, bad: sqlite3.Row, reason: str) -> None:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             values = [bad[name] for name in _ALL_COLUMNS]
             marks = ",".join("?" * (len(_ALL_COLUMNS) + 2))
             self._db.execute(f"INSERT INTO quarantine ({','.join(_ALL_COLUMNS)}, reason, "
                              f"quarantined_at) VALUES ({marks})",
-                             (*values, check.reason, utc_now()))
+                             (*values, reason, utc_now()))
             self._db.execute("DELETE FROM records WHERE rowid = ?", (bad["rowid"],))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return Quarantined(audit_id, int(bad["seq"]), check.reason)
 
     def quarantined(self, audit_id: str) -> list[Quarantined]:
-        rows = self._db.execute("SELECT seq, reason FROM quarantine WHERE audit_id = ? "
-                                "ORDER BY quarantined_at", (audit_id,))
+        rows = self._q("SELECT seq, reason FROM quarantine WHERE audit_id = ? "
+                       "ORDER BY quarantined_at", (audit_id,))
         return [Quarantined(audit_id, int(r[0]), str(r[1])) for r in rows]
 
     # --- export ---------------------------------------------------------------------------

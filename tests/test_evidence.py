@@ -176,3 +176,21 @@ def test_audit_rows_round_trip(tmp_path: Path) -> None:
         store.append({**_fields("a9", 0), "attempt": 2})
         assert store.completed_queries("a9") == {"q0000"}
         assert store.attempts_so_far("a9") == {"q0000": 2}
+
+
+async def test_group_writer_commits_concurrent_appends_in_few_transactions(
+        tmp_path: Path) -> None:
+    import asyncio
+
+    from auditor.writer import GroupWriter
+
+    with EvidenceStore(tmp_path / "ev.sqlite") as store:
+        writer = GroupWriter(store)
+        recs = await asyncio.gather(*(writer.append(_fields(f"a{i % 3}", i))
+                                      for i in range(60)))
+        await writer.drain()
+        assert writer.commits < 60  # grouped: many records per fsync
+        assert sorted(r["seq"] for r in recs if r["audit_id"] == "a0") == list(range(1, 21))
+        for aid in ("a0", "a1", "a2"):
+            check = store.verify(aid)
+            assert check.ok and check.count == 20
