@@ -125,6 +125,7 @@ async def test_status_maps_to_typed_error(kind: str, status: int, code: str | No
     await p.aclose()
     err = info.value
     assert type(err) is cls and err.status == status
+    assert len(server.requests) == 1  # SDKs built with max_retries=0: one attempt, one request
     assert err.request_id and err.request_id.startswith("req_err")
     assert err.retry_after_s == 3.0 and "nope" in str(err)
     assert p.classify_error(err).retry == issubclass(cls, base.TransientError)
