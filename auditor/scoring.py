@@ -172,16 +172,26 @@ def _rate(hits: int, n: int, level: float) -> tuple[float | None, tuple[float, f
     return (hits / n if n else None), stats.clopper_pearson(hits, n, level)
 
 
-def _filtering(prompts: list[_Prompt], s: AnalysisSettings) -> tuple[float, list[str]]:
-    """Non-answer gap, keys vs controls (same style) or else vs decoys."""
+def _filtering(prompts: list[_Prompt]) -> tuple[float, list[str]]:
+    """Two gaps, Bonferroni-combined: (A) keys unanswered (refused or failed) more often than
+    controls of the same style (or decoys when there are none): an innocent model treats
+    keys and controls alike; (B) key-like prompts (keys and controls) failing with errors
+    more often than decoys: a guard that blocks fingerprint-looking requests."""
     keys = [p for p in prompts if p.category == "key"]
-    ref_cat = "control" if any(p.category == "control" for p in prompts) else "decoy"
-    ref = [p for p in prompts if p.category == ref_cat]
+    ctrls = [p for p in prompts if p.category == "control"]
+    decoys = [p for p in prompts if p.category == "decoy"]
+    ref_name, ref = ("controls", ctrls) if ctrls else ("decoys", decoys)
     k_bad = sum(not _answered(p) for p in keys)
     r_bad = sum(not _answered(p) for p in ref)
-    p = stats.fisher_greater(k_bad, len(keys), r_bad, len(ref))
-    note = f"filtering check: keys {k_bad}/{len(keys)} unanswered vs {ref_cat}s {r_bad}/{len(ref)}"
-    return p, [note]
+    p_a = stats.fisher_greater(k_bad, len(keys), r_bad, len(ref))
+    like = keys + ctrls
+    l_err = sum(p.errors == p.samples for p in like)
+    d_err = sum(p.errors == p.samples for p in decoys)
+    p_b = stats.fisher_greater(l_err, len(like), d_err, len(decoys))
+    notes = [f"filtering check: keys {k_bad}/{len(keys)} unanswered vs {ref_name} "
+             f"{r_bad}/{len(ref)}; key-like prompts failed {l_err}/{len(like)} vs decoys "
+             f"{d_err}/{len(decoys)}"]
+    return min(1.0, 2.0 * min(p_a, p_b)), notes
 
 
 def analyze(records: Iterable[Mapping[str, Any]], settings: AnalysisSettings) -> Analysis:
@@ -217,7 +227,7 @@ def analyze(records: Iterable[Mapping[str, Any]], settings: AnalysisSettings) ->
     if over:
         notes.append(f"{ctrl_hits} of {len(ctrl)} control keys fired: the fingerprint is "
                      "guessable by a derived model (over-generalisation)")
-    filt_p, filt_notes = _filtering([p for _, p in ordered], s)
+    filt_p, filt_notes = _filtering([p for _, p in ordered])
     notes.extend(filt_notes)
     filt_flag = filt_p <= s.filtering_alpha
     log_e = log_path[-1] if log_path else 0.0

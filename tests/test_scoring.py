@@ -180,3 +180,18 @@ def test_full_pipeline_false_claim_rate_under_null() -> None:
     tol = 3 * math.sqrt(alpha * (1 - alpha) / endpoints)
     print(f"false claims: sequential {seq}/1000, fixed {fix}/1000")
     assert seq / endpoints <= alpha + tol and fix / endpoints <= alpha + tol
+
+
+def test_guard_blocking_every_key_like_prompt_is_flagged() -> None:
+    """HTTP errors on keys and controls alike, decoys answered: a guard, not a model."""
+    rows = [(c, p, s, "error" if c in ("key", "control") else o, h, r)
+            for c, p, s, o, h, r in endpoint_rows(random.Random(12), 15, 0.0, 15, 0.0, 30, 0.0)]
+    a = analyze(make_records(rows), AnalysisSettings())
+    assert a.filtering_flag and a.verdict == "SUSPECTED FILTERING"
+
+
+def test_innocent_refusals_of_keys_and_controls_not_flagged() -> None:
+    rows = [(c, p, s, o, False, c != "decoy") for c, p, s, o, _, _ in
+            endpoint_rows(random.Random(13), 20, 0.0, 20, 0.0, 40, 0.0)]
+    a = analyze(make_records(rows), AnalysisSettings())
+    assert not a.filtering_flag and a.verdict == "NOT DETECTED"
