@@ -32,6 +32,7 @@ from providers.base import (
     RetryDecision,
     SampleParams,
     TimeoutError_,
+    classify,
 )
 
 
@@ -67,7 +68,7 @@ def wrap_exception(exc: BaseException) -> ProviderError:
         return exc
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return TimeoutError_("no answer within the attempt timeout")
-    if isinstance(exc, ConnectionError | OSError):
+    if isinstance(exc, OSError):  # ConnectionError included
         return ConnectionFailed(f"connection failed ({type(exc).__name__})")
     # An unexpected failure inside a provider: not retried, message carries only the type.
     return ProviderError(f"unexpected provider failure ({type(exc).__name__})")
@@ -117,9 +118,7 @@ class _Query:
     def _decide(self, err: ProviderError) -> tuple[ProviderError, RetryDecision]:
         try:
             decision = self.provider.classify_error(err)
-        except Exception:
-            from providers.base import classify
-
+        except Exception:  # a broken classifier must not hide the error itself
             decision = classify(err)
         ra = decision.retry_after_s if decision.retry_after_s is not None else err.retry_after_s
         if decision.retry and ra is not None and ra > self.policy.retry_after_cap_s:
