@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from auditor.errors import UserError
 from auditor.match import check, looks_like_refusal, normalize, substring_distance
@@ -83,3 +85,17 @@ def test_refusals(text: str) -> None:
 ])
 def test_not_refusals(text: str) -> None:
     assert not looks_like_refusal(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prefix=st.text(max_size=60), suffix=st.text(max_size=60),
+       dec=st.text(alphabet=st.characters(categories=["L", "N"]), min_size=1, max_size=30))
+def test_embedded_decryption_always_hits(prefix: str, suffix: str, dec: str) -> None:
+    assert check(prefix + dec + suffix, dec).hit
+    assert normalize(normalize(prefix)) == normalize(prefix)  # idempotent
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet="abcdefghij ", max_size=80))
+def test_fuzzy_never_fires_on_disjoint_alphabet(text: str) -> None:
+    assert not check(text, "klmnop qrstuv wxyz").hit
