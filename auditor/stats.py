@@ -221,6 +221,12 @@ def power_sequential(n: int, fsr: float, alpha: float, p0: float) -> float:
     return curve[-1] if curve else 0.0
 
 
+def power(n: int, fsr: float, alpha: float, p0: float, *, sequential: bool = True) -> float:
+    """Chance to claim with ``n`` key queries when keys fire at ``fsr`` (null rate ``p0``)."""
+    fn = power_sequential if sequential else power_binomial
+    return fn(n, fsr, alpha, p0)
+
+
 def queries_needed(
     fsr: float, alpha: float, p0: float, *, power: float = 0.99,
     sequential: bool = True, max_n: int = 1000,

@@ -86,6 +86,8 @@ def test_power_figures_and_monotone_curve() -> None:
     assert all(a <= b for a, b in itertools.pairwise(curve))
     assert curve[-1] >= 0.99
     assert stats.power_binomial(40, 0.3, 0.01, 0.001) >= 0.99
+    assert stats.power(40, 0.3, 0.01, 0.01) == curve[-1]
+    assert stats.power(40, 0.3, 0.01, 0.01, sequential=False) >= 0.99
     assert stats.queries_needed(0.3, 0.01, 0.01) == next(
         t for t, p in enumerate(curve, 1) if p >= 0.99)
     assert stats.queries_needed(0.001, 0.01, 0.01, max_n=50) is None
