@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from auditor.errors import AuditFailed
-from auditor.evidence import EvidenceStore, utc_now
+from auditor.evidence import EvidenceStore, Quarantined, utc_now
 from auditor.plan import Plan, PlannedQuery
 from auditor.ratelimit import LimitedProvider
 from auditor.writer import GroupWriter
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 # Errors that indict the endpoint as a whole: stop at once.
 ENDPOINT_FATAL = ("config", "auth", "permission_denied", "not_found", "quota_exhausted")
 MAX_CONSECUTIVE_FAILURES = 5  # queries in a row that end in error => endpoint ERROR
+ANALYSIS_INTERVAL_S = 0.25  # at most this often per endpoint the statistics are recomputed
 
 
 @dataclass
@@ -88,19 +90,19 @@ def analysis_settings(plan: Plan, keyset: KeySet) -> Any:
 
 
 class _Runner:
-    def __init__(self, plan: Plan, keyset: KeySet, store: EvidenceStore, provider: Provider,
+    def __init__(self, plan: Plan, keyset: KeySet, store: EvidenceStore, provider: Provider | None,
                  policy: RetryPolicy, listener: Listener | None, writer: GroupWriter) -> None:
         self.plan, self.keyset, self.store, self.writer = plan, keyset, store, writer
-        self.provider, self.policy, self.listener = provider, policy, listener
+        self.provider: Provider | None = provider  # set to the rate-limited one before run()
+        self.policy, self.listener = policy, listener
         self.aid = plan.audit_id
         self.settings = analysis_settings(plan, keyset)
-        self.finals: list[dict[str, Any]] = store.records(self.aid, final_only=True)
-        self.attempt_base = store.attempts_so_far(self.aid)
-        budget = plan.settings.max_queries or len(plan.queries)
-        self.progress = Progress(plan.endpoint.name, self.aid, min(budget, len(plan.queries)),
-                                 done=len(self.finals))
-        self.started_count = len(self.finals)
-        self.budget = budget
+        self.finals: list[dict[str, Any]] = []
+        self.attempt_base: dict[str, int] = {}
+        self.budget = plan.settings.max_queries or len(plan.queries)
+        self.progress = Progress(plan.endpoint.name, self.aid,
+                                 min(self.budget, len(plan.queries)))
+        self.started_count = 0
         self.analysis: Analysis | None = None
         self.stop = False
         self.stopped_early = False
@@ -108,19 +110,26 @@ class _Runner:
         self.failures_in_row = 0
         self.models: set[str] = set()
         self.tokens = {"prompt": 0, "completion": 0}
-        self._since_analysis = 0
+        self._last_analysis = 0.0  # monotonic time of the last analysis
 
     # --- decision -------------------------------------------------------------------------
     def _analyze(self) -> None:
         from auditor.scoring import analyze
 
         self.analysis = analyze(self.finals, self.settings)
-        self._since_analysis = 0
+        self._last_analysis = time.monotonic()
         p = self.progress
         p.verdict, p.p_value = self.analysis.verdict, self.analysis.p_value
         p.hits = self.analysis.keys_hit
         if self.analysis.claim_reached and not self.stop:
             self.stop = self.stopped_early = True
+
+    def _analysis_due(self, category: str) -> bool:
+        """After a key's final record, unless one ran very recently (the statistics cost
+        milliseconds; at hundreds of answers a second they are batched by time)."""
+        interval = ANALYSIS_INTERVAL_S if self.plan.settings.sequential else 4 * ANALYSIS_INTERVAL_S
+        waited = time.monotonic() - self._last_analysis
+        return waited >= interval and (category == "key" or waited >= 4 * interval)
 
     def _notify(self) -> None:
         if self.listener is not None:
@@ -135,13 +144,15 @@ class _Runner:
         messages = [Message(m["role"], m["content"]) for m in msgs]  # type: ignore[arg-type]
         params = SampleParams(temperature=q.temperature, max_tokens=self.plan.settings.max_tokens,
                               timeout_s=self.plan.endpoint.timeout_s)
-        intended = {"model": self.provider.model, "messages": msgs, "params": params.to_dict()}
+        provider = self.provider
+        assert provider is not None
+        intended = {"model": provider.model, "messages": msgs, "params": params.to_dict()}
 
         async def on_attempt(info: AttemptInfo) -> None:
             await self._record(q, info, intended, params.to_dict())
 
         try:
-            await generate_with_retry(self.provider, messages, params, self.policy, on_attempt)
+            await generate_with_retry(provider, messages, params, self.policy, on_attempt)
             self.failures_in_row = 0
         except ProviderError as err:
             self._on_failure(err)
@@ -187,8 +198,7 @@ class _Runner:
         if info.final:
             self.finals.append(rec)
             self.progress.done += 1
-            self._since_analysis += 1
-            if q.category == "key" or self._since_analysis >= 8:
+            if self._analysis_due(q.category):
                 self._analyze()
             self._notify()
 
@@ -208,6 +218,15 @@ class _Runner:
     async def _worker(self, pending: list[PlannedQuery]) -> None:
         while (q := self._next(pending)) is not None:
             await self._run_query(q)
+
+    def load(self) -> Quarantined | None:
+        """Store reads before sending (run in a thread: the writer may hold the store)."""
+        quarantined = self.store.repair_tail(self.aid)
+        self.store.set_status(self.aid, "running")
+        self.finals = self.store.records(self.aid, final_only=True)
+        self.attempt_base = self.store.attempts_so_far(self.aid)
+        self.progress.done = self.started_count = len(self.finals)
+        return quarantined
 
     async def run(self) -> None:
         done = {r["query_id"] for r in self.finals}
@@ -236,26 +255,25 @@ async def run_audit(plan: Plan, keyset: KeySet, store: EvidenceStore, *,
     from auditor.retry import RetryPolicy
     from providers.base import ProviderError
 
+    preload()
     started = utc_now()
-    quarantined = store.repair_tail(plan.audit_id)
-    store.set_status(plan.audit_id, "running")
-    try:
-        provider = provider or _make_provider(plan)
+    ep = plan.endpoint
+    runner = _Runner(plan, keyset, store, provider, policy or RetryPolicy(), listener,
+                     writer or GroupWriter(store))
+    try:  # off the loop: store reads, and building a client loads CA certificates
+        quarantined, prov = await asyncio.to_thread(_setup, runner, plan, provider)
     except ProviderError as err:
         return _failed(plan, store, started, f"{err.kind}: {err.message}", err.kind)
-    ep = plan.endpoint
-    limited = LimitedProvider(provider, rpm=ep.rpm)
-    runner = _Runner(plan, keyset, store, limited, policy or RetryPolicy(), listener,
-                     writer or GroupWriter(store))
+    runner.provider = LimitedProvider(prov, rpm=ep.rpm)
     try:
         await runner.run()
     except (asyncio.CancelledError, KeyboardInterrupt):
         store.set_status(plan.audit_id, "interrupted")
         raise
     finally:
-        await provider.aclose()
+        await prov.aclose()
     status = "error" if runner.down else "completed"
-    store.set_status(plan.audit_id, status)
+    await asyncio.to_thread(store.set_status, plan.audit_id, status)
     runner.progress.status = status
     runner.progress.error = str(runner.down) if runner.down else None
     runner._notify()
@@ -266,6 +284,21 @@ async def run_audit(plan: Plan, keyset: KeySet, store: EvidenceStore, *,
         error_kind=runner.down.kind if runner.down else None,
         resolved_models=sorted(runner.models), tokens=runner.tokens,
         quarantined=1 if quarantined else 0)
+
+
+def _setup(runner: _Runner, plan: Plan,
+           provider: Provider | None) -> tuple[Quarantined | None, Provider]:
+    quarantined = runner.load()
+    return quarantined, provider or _make_provider(plan)
+
+
+def preload() -> None:
+    """Warm the decision path (scipy imports) now, not inside a running audit's loop."""
+    from auditor.match import check
+    from auditor.scoring import AnalysisSettings, analyze
+
+    check("warm-up", "warm")
+    analyze([], AnalysisSettings())
 
 
 def _make_provider(plan: Plan) -> Provider:

@@ -26,7 +26,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from auditor.audit import AuditResult, Listener, check_keyset_matches, run_audit, unfinished
+from auditor.audit import (
+    AuditResult,
+    Listener,
+    check_keyset_matches,
+    preload,
+    run_audit,
+    unfinished,
+)
 from auditor.errors import UserError
 from auditor.evidence import EvidenceStore, utc_now
 from auditor.finish import Finished
@@ -179,6 +186,7 @@ async def run_plans(plans: list[tuple[Plan, KeySet]], store: EvidenceStore, *,
                     policy: RetryPolicy | None = None,
                     listener: Listener | None = None) -> list[Finished]:
     """Every endpoint at once (one group-commit writer); results in the order of ``plans``."""
+    preload()
     writer = GroupWriter(store)
     results = await asyncio.gather(*(
         _guarded(p, ks, store, policy, listener, writer) for p, ks in plans))
