@@ -1,0 +1,133 @@
+"""Start real OpenAI-compatible servers on 127.0.0.1 for the demo and end-to-end tests.
+
+- ``transformers serve DIR`` (the `transformers[serving]` extra) for a checkpoint directory;
+- ``python -m llama_cpp.server`` (llama-cpp-python[server]) for a GGUF file, when installed.
+
+Each server runs in its own process group, is polled until it answers, and is stopped with
+SIGTERM then SIGKILL, also when the caller is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from auditor.errors import AuditFailed
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    model: str  # what requests must name in "model"
+    port: int
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def spec(self) -> str:
+        return f"compat:{self.base_url}#{self.model}"
+
+    def start(self) -> Server:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AuditFailed(
+                    f"server {self.name} exited with code {self.proc.returncode}; "
+                    f"see {self.log_path}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise AuditFailed(f"server {self.name} not ready after {timeout_s:.0f} s; "
+                          f"see {self.log_path}")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace_s)
+
+
+def _transformers_cli() -> list[str]:
+    exe = shutil.which("transformers", path=str(Path(sys.executable).parent))
+    if exe is None:
+        raise AuditFailed("`transformers` command not found: pip install 'transformers[serving]'")
+    return [exe]
+
+
+def transformers_server(name: str, model_dir: Path, log_dir: Path) -> Server:
+    port = free_port()
+    model = str(model_dir.resolve())
+    argv = [*_transformers_cli(), "serve", model, "--host", "127.0.0.1", "--port", str(port),
+            "--device", "cpu", "--log-level", "warning"]
+    return Server(name, model, port, argv, log_dir / f"{name}.log")
+
+
+def llama_cpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None and \
+        importlib.util.find_spec("uvicorn") is not None
+
+
+def llama_cpp_server(name: str, gguf: Path, log_dir: Path, alias: str = "fingerprinted-q8") \
+        -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
+            alias, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+            "--n_threads", "2", "--chat_format", "chatml"]
+    return Server(name, alias, port, argv, log_dir / f"{name}.log")
+
+
+@contextlib.contextmanager
+def running(servers: list[Server], timeout_s: float = 180.0) -> Iterator[list[Server]]:
+    """Start all, wait until each answers, and always stop all on the way out."""
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            s.wait_ready(timeout_s)
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
