@@ -156,18 +156,20 @@ def test_fifty_endpoints_one_rate_limited_others_unaffected(tmp_path: Path) -> N
         reply.delay_s = 1.0
         return reply
 
-    with _servers([slow] * 49) as servers:
-        alone = _durations(_run_batch(tmp_path, ks, servers, settings, store_name="b.sqlite"))
     responders: list[Responder] = [slow] * 49 + [lambda req: openai_error(429, "slow down")]
-    with _servers(responders) as servers:
-        done = _run_batch(tmp_path, ks, servers, settings)
-        limited_requests = len(servers[-1].requests)
-    beside = _durations(done)
+    worst_alone, worst, done, limited_requests = 1e9, 1e9, [], 0
+    for rep in range(2):  # interleaved, best of two: the CPU is shared with other work
+        with _servers([slow] * 49) as servers:
+            alone = _run_batch(tmp_path, ks, servers, settings, store_name=f"b{rep}.sqlite")
+        worst_alone = min(worst_alone, max(_durations(alone).values()))
+        with _servers(responders) as servers:
+            done = _run_batch(tmp_path, ks, servers, settings, store_name=f"c{rep}.sqlite")
+            limited_requests = len(servers[-1].requests)
+        beside = _durations(done)
+        worst = min(worst, max(v for k, v in beside.items() if k != "ep49"))
     healthy = [d for d in done if d.plan.endpoint.name != "ep49"]
     assert all(d.result.status == "completed" and d.result.queries == 8 for d in healthy)
     assert done[-1].result.status == "error" and done[-1].report is not None
     assert done[-1].report.verdict == "ERROR" and limited_requests >= 3
-    worst_alone = max(alone.values())
-    worst = max(beside[d.plan.endpoint.name] for d in healthy)
     print(f"49 alone: worst {worst_alone:.2f}s; beside a 429-only endpoint: worst {worst:.2f}s")
     assert worst <= 1.2 * worst_alone
