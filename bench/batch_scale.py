@@ -45,9 +45,11 @@ def main() -> None:
     healthy = args.endpoints - 1
     bad: list[Responder] = [lambda req: openai_error(429, "slow down")]
     worst: dict[str, float] = {}
+    runs: list[tuple[str, list[Responder]]] = [
+        ("solo", [slow]), ("healthy alone", [slow] * healthy),
+        ("beside 429", [slow] * healthy + bad)]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, responders in (("solo", [slow]), ("healthy alone", [slow] * healthy),
-                                  ("beside 429", [slow] * healthy + bad)):
+        for label, responders in runs:
             with _servers(responders) as servers:
                 done = _run_batch(Path(tmp), ks, servers, settings, store_name=f"{label}.db")
             times = _durations(done)
