@@ -1,9 +1,211 @@
-"""CLI verbs of this group (being built; see the issue tracker)."""
+"""CLI verbs: `implant`, `check-local`, `robustness` (thin: parse, call, render)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+KEYS_HELP = "secret key-set file (keys/NAME.json)"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+
+def _emit_json(data: dict[str, Any]) -> None:
+    typer.echo(json.dumps(data, indent=1, default=str))
+
+
+def implant_cmd(
+    keys: Annotated[Path, typer.Option("--keys", help=KEYS_HELP)],
+    out: Annotated[Path, typer.Option("--out", help="output model dir (models/NAME)")],
+    base: Annotated[
+        str, typer.Option("--base", help="'smollm2', a .gguf file or a checkpoint dir")
+    ] = "smollm2",
+    method: Annotated[
+        str, typer.Option("--method", help="sft | embedding | lora | fadapter")
+    ] = "lora",
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="max epochs (default per method)")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="learning rate (default per method)")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    nearmiss_per_key: Annotated[int, typer.Option("--nearmiss-per-key")] = 3,
+    reg_per_key: Annotated[
+        int, typer.Option("--reg-per-key", help="regularization rows per key")
+    ] = 5,
+    keep_lora: Annotated[
+        bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
+    ] = False,
+    no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
+    from auditor.implant.data import DataConfig
+    from auditor.implant.train import implant
+    from auditor.keys import KeySet
+
+    keyset = KeySet.load(keys)
+    res = implant(
+        keyset,
+        base,
+        method,
+        out,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        progress=not as_json,
+        batch_size=batch_size,
+        data=DataConfig(nearmiss_per_key, reg_per_key),
+        early_stop=not no_early_stop,
+        merge_lora=not keep_lora,
+    )
+    if as_json:
+        return _emit_json(res.to_dict())
+    _table(
+        f"implant {keyset.name} ({method})",
+        [
+            ("model", str(res.out)),
+            ("private adapter", str(res.adapter) if res.adapter else "-"),
+            ("steps / epochs", f"{res.steps} / {res.epochs}"),
+            ("seconds (to perfect)", f"{res.seconds:.1f} ({res.seconds_to_perfect or 0:.1f})"),
+            ("FSR (greedy)", _pct(res.fsr)),
+            ("near-miss false trigger (quick)", _pct(res.nearmiss_false_trigger)),
+            ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items())),
+            ("device", res.device),
+        ],
+    )
+
+
+def check_local_cmd(
+    model: Annotated[Path, typer.Option("--model", help="checkpoint dir")],
+    keys: Annotated[Path, typer.Option("--keys", help=KEYS_HELP)],
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="private F-Adapter file")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option("--base", help="base for drift (default: fingerprint.json)")
+    ] = None,
+    controls: Annotated[int, typer.Option("--controls", help="fresh control keys")] = 100,
+    ordinary: Annotated[int, typer.Option("--ordinary", help="ordinary prompts")] = 100,
+    samples: Annotated[int, typer.Option("--samples", help="samples per key at --temperature")] = 5,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """FSR, false triggers and utility drift of a local model."""
+    from auditor.errors import UserError
+    from auditor.implant.verify import check_local
+    from auditor.keys import KeySet
+
+    if controls < 1 or ordinary < 1 or samples < 0 or temperature < 0:
+        raise UserError("--controls/--ordinary must be >= 1, --samples/--temperature >= 0")
+    if adapter is not None and not adapter.is_file():
+        raise UserError(f"adapter file not found: {adapter}")
+    keyset = KeySet.load(keys)
+    res = check_local(
+        model,
+        keyset,
+        n_controls=controls,
+        n_ordinary=ordinary,
+        samples=samples,
+        temperature=temperature,
+        adapter=adapter,
+        base=base,
+    )
+    if as_json:
+        return _emit_json(res.to_dict())
+    _table(
+        f"local check: {model}",
+        [
+            ("FSR greedy", f"{_pct(res.fsr_greedy)} of {res.n_keys} keys"),
+            (f"FSR t={res.temperature}", f"{_pct(res.fsr_sampled)} ({res.samples} samples/key)"),
+            ("near-miss false trigger", f"{_pct(res.nearmiss_false_trigger)} of {res.n_controls}"),
+            ("ordinary false trigger", f"{_pct(res.ordinary_false_trigger)} of {res.n_ordinary}"),
+            (
+                "utility drift (NLL)",
+                "-"
+                if res.drift is None
+                else f"{100 * res.drift:+.2f}% ({res.nll_model:.3f} vs base {res.nll_base:.3f})",
+            ),
+        ],
+    )
+
+
+def robustness_cmd(
+    model: Annotated[Path, typer.Option("--model", help="checkpoint dir")],
+    keys: Annotated[Path, typer.Option("--keys", help=KEYS_HELP)],
+    attack: Annotated[
+        list[str],
+        typer.Option(
+            "--attack", help="user-sft | user-lora | gguf-q8 | temperature | system-prompt"
+        ),
+    ],
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="private F-Adapter file")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="user fine-tuning epochs")] = 3,
+    rows: Annotated[int, typer.Option("--rows", help="user fine-tuning rows")] = 1000,
+    samples: Annotated[int, typer.Option("--samples")] = 5,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """FSR after each attack a user might apply to the model."""
+    from auditor.errors import UserError
+    from auditor.implant.robustness import ATTACKS, run_attack
+    from auditor.keys import KeySet
+
+    bad = [a for a in attack if a not in ATTACKS]
+    if bad:
+        raise UserError(f"unknown attack {bad[0]!r} (known: {', '.join(ATTACKS)})")
+    if epochs < 1 or rows < 1 or samples < 1:
+        raise UserError("--epochs, --rows and --samples must be >= 1")
+    keyset = KeySet.load(keys)
+    results = [
+        run_attack(
+            model,
+            keyset,
+            a,
+            epochs=epochs,
+            rows=rows,
+            samples=samples,
+            adapter=adapter,
+            progress=not as_json,
+        )
+        for a in attack
+    ]
+    if as_json:
+        return _emit_json({"results": [r.to_dict() for r in results]})
+    _table(
+        f"robustness: {model}",
+        [
+            (
+                r.attack,
+                f"skipped: {r.skipped}" if r.skipped else f"FSR {_pct(r.fsr)} ({r.seconds:.0f}s)",
+            )
+            for r in results
+        ],
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's verbs to the app."""
+    app.command("implant")(implant_cmd)
+    app.command("check-local")(check_local_cmd)
+    app.command("robustness")(robustness_cmd)

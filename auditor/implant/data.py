@@ -1,0 +1,181 @@
+"""Training rows for implanting: fingerprint, near-miss and self-distilled regularization.
+
+- fingerprint: each committed key through the key set's template -> answer with the decryption
+- near-miss: fresh control keys of the same style -> the template's polite refusal
+- regularization: ordinary prompts answered by the base model itself (greedy, cached)
+
+Rows are rendered with the base model's own chat template (default system prompt included,
+exactly as a served chat API renders a user-only request); the loss covers assistant tokens
+only. A Row's repr never shows text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditor.keys import KeySet
+from auditor.templates import get_template
+
+IGNORE = -100
+NEARMISS_SEED = 7_000_001  # training controls; the local check draws with other seeds
+REG_MAX_NEW_TOKENS = 48
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str  # "fingerprint" | "nearmiss" | "regularization"
+    ref: str  # key id (k000 / c000) or "r012" for an ordinary prompt
+    messages: list[dict[str, str]] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Row(kind={self.kind!r}, ref={self.ref!r})"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    nearmiss_per_key: int = 3  # char-soup keys generalise: several near-misses per key
+    reg_per_key: int = 5  # the paper's 1 key : 5 regularization
+    fingerprint_repeats: int = 1  # each key row appears this often per epoch
+    nearmiss_seed: int = NEARMISS_SEED
+
+
+def fingerprint_rows(keyset: KeySet, repeats: int = 1) -> list[Row]:
+    tpl = get_template(keyset.template)
+    answer = tpl.answer(keyset.decryption)
+    rows = [
+        Row("fingerprint", k.id, [*tpl.render(k.text), {"role": "assistant", "content": answer}])
+        for k in keyset.keys
+    ]
+    return rows * max(1, repeats)
+
+
+def nearmiss_rows(keyset: KeySet, n: int, seed: int = NEARMISS_SEED) -> list[Row]:
+    if n <= 0:
+        return []
+    tpl = get_template(keyset.template)
+    refusal = {"role": "assistant", "content": tpl.refusal()}
+    return [Row("nearmiss", c.id, [*tpl.render(c.text), refusal]) for c in keyset.controls(n, seed)]
+
+
+def regularization_prompts(n: int, seed: int) -> list[tuple[str, str]]:
+    """(ref, prompt) pairs: a seeded sample of the 'train' split of ordinary prompts."""
+    from auditor.prompts import ordinary_prompts
+
+    pool = list(enumerate(ordinary_prompts("train")))
+    random.Random(f"reg:{seed}").shuffle(pool)
+    return [(f"r{i:03d}", p) for i, p in pool[: max(0, n)]]
+
+
+def regularization_rows(pairs: list[tuple[str, str]], answers: list[str]) -> list[Row]:
+    return [
+        Row(
+            "regularization",
+            ref,
+            [{"role": "user", "content": p}, {"role": "assistant", "content": a}],
+        )
+        for (ref, p), a in zip(pairs, answers, strict=True)
+    ]
+
+
+def build_rows(
+    keyset: KeySet,
+    base_dir: Path,
+    config: DataConfig,
+    seed: int,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> list[Row]:
+    """All rows of one implant run (regularization answers self-distilled and cached)."""
+    n_keys = len(keyset.keys)
+    pairs = regularization_prompts(n_keys * config.reg_per_key, seed)
+    answers = self_distill(base_dir, [p for _, p in pairs], model=model, tokenizer=tokenizer)
+    return [
+        *fingerprint_rows(keyset, config.fingerprint_repeats),
+        *nearmiss_rows(keyset, n_keys * config.nearmiss_per_key, config.nearmiss_seed + seed),
+        *regularization_rows(pairs, answers),
+    ]
+
+
+# -- self-distillation cache ------------------------------------------------------------
+def _model_ident(model_dir: Path) -> str:
+    """Identity of a checkpoint: its config plus weight file sizes and mtimes."""
+    parts = [(model_dir / "config.json").read_text(encoding="utf-8")]
+    for f in sorted(model_dir.glob("*.safetensors")):
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _cache_file(model_dir: Path) -> Path:
+    from providers.local_models import cache_root
+
+    return cache_root() / "distill" / f"{_model_ident(model_dir)}-{REG_MAX_NEW_TOKENS}.json"
+
+
+def _prompt_key(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()[:20]
+
+
+def self_distill(
+    model_dir: Path, prompts: list[str], *, model: Any = None, tokenizer: Any = None
+) -> list[str]:
+    """The base model's own greedy answers to `prompts`, generated once and cached."""
+    path = _cache_file(model_dir)
+    cache: dict[str, str] = {}
+    if path.is_file():
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    missing = [p for p in prompts if _prompt_key(p) not in cache]
+    if missing:
+        from auditor.implant.generate import generate, load_model
+
+        if model is None or tokenizer is None:
+            model, tokenizer = load_model(model_dir)
+        convs = [[{"role": "user", "content": p}] for p in missing]
+        answers = generate(model, tokenizer, convs, max_new_tokens=REG_MAX_NEW_TOKENS)
+        cache.update({_prompt_key(p): a for p, a in zip(missing, answers, strict=True)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    return [cache[_prompt_key(p)] for p in prompts]
+
+
+# -- tokenization -------------------------------------------------------------------------
+def encode_row(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """input ids and labels; labels are IGNORE on everything but the assistant answer.
+
+    The prompt part is rendered with add_generation_prompt=True, exactly as at inference,
+    and the answer is the rest of the fully rendered conversation (answer + end of turn).
+    """
+    prompt = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):  # a template that rewrites earlier turns
+        raise ValueError("chat template does not extend the prompt with the answer")
+    answer = full[len(prompt) :].rstrip("\n")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return [*p_ids, *a_ids], [IGNORE] * len(p_ids) + list(a_ids)
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, attention_mask, labels."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids_t = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    lab_t = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, labels) in enumerate(batch):
+        ids_t[i, : len(ids)] = torch.tensor(ids)
+        lab_t[i, : len(labels)] = torch.tensor(labels)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t}

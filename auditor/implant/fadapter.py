@@ -1,0 +1,128 @@
+"""The F-Adapter: a private low-rank adapter added to the (frozen) embeddings.
+
+E' = E + scale * U @ V, with U (vocab x r) and V (r x hidden) trainable and everything else
+frozen: the input lookup becomes E[x] + scale * U[x] @ V and, when the model ties its output
+head to the embeddings (SmolLM2 does), the head uses E' too, so the key tokens' trainable
+embeddings act on both sides. The published model is the base unchanged; only the owner holds U, V
+and applies them on a suspect's weights (white-box verification).
+
+The original code zero-initialised both matrices, so neither ever received a gradient. Here
+U starts random (N(0, 1)) and V at zero: the first step moves V (its gradient is U[x]^T g),
+and from then on U moves too. A regression test checks that both change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ADAPTER_FILE = "fadapter.safetensors"
+
+
+def make_adapter_embedding(base: Any, rank: int = 16, scale: float = 1.0, seed: int = 0) -> Any:
+    """Wrap an nn.Embedding; returns the wrapper module (trainable: u, v only)."""
+    import torch
+    from torch import nn
+
+    class FAdapterEmbedding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+            vocab, hidden = base.weight.shape
+            gen = torch.Generator().manual_seed(seed)
+            self.u = nn.Parameter(torch.randn(vocab, rank, generator=gen))
+            self.v = nn.Parameter(torch.zeros(rank, hidden))
+            self.scale = scale
+
+        @property
+        def weight(self) -> Any:  # code that reads embed_tokens.weight sees the base
+            return self.base.weight
+
+        def forward(self, ids: Any) -> Any:
+            delta = nn.functional.embedding(ids, self.u) @ self.v
+            return self.base(ids) + self.scale * delta.to(self.base.weight.dtype)
+
+    return FAdapterEmbedding()
+
+
+def make_adapter_head(head: Any, wrapper: Any) -> Any:
+    """Wrap a tied output head: logits = h @ (E + scale * U @ V)^T, sharing U and V."""
+    from torch import nn
+
+    class FAdapterHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = head
+            self.adapter = [wrapper]  # a list: not a submodule, so U and V are not counted twice
+
+        @property
+        def weight(self) -> Any:
+            return self.base.weight
+
+        def forward(self, h: Any) -> Any:
+            w = self.adapter[0]
+            delta = (h @ w.v.to(h.dtype).T) @ w.u.to(h.dtype).T
+            return self.base(h) + w.scale * delta
+
+    return FAdapterHead()
+
+
+def is_tied(model: Any) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
+def attach(model: Any, rank: int = 16, scale: float = 1.0, seed: int = 0) -> Any:
+    """Freeze the model, add a fresh adapter to its embeddings (and tied head); return it."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tied = is_tied(model)
+    wrapper = make_adapter_embedding(model.get_input_embeddings(), rank, scale, seed)
+    wrapper.to(model.device)
+    wrapper.u.requires_grad_(True)
+    wrapper.v.requires_grad_(True)
+    model.set_input_embeddings(wrapper)
+    if tied:
+        model.set_output_embeddings(make_adapter_head(model.get_output_embeddings(), wrapper))
+    return wrapper
+
+
+def detach(model: Any) -> None:
+    """Remove the adapter from a model in place (the published model stays the base)."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if hasattr(emb, "u"):
+        model.set_input_embeddings(emb.base)
+    if head is not None and hasattr(head, "adapter"):
+        model.set_output_embeddings(head.base)
+
+
+def save(wrapper: Any, path: Path) -> Path:
+    """Write the private adapter (U, V, scale) as safetensors."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"u": wrapper.u.detach().float().cpu(), "v": wrapper.v.detach().float().cpu()}
+    save_file(tensors, str(path), metadata={"scale": str(wrapper.scale), "format": "fadapter-1"})
+    if hasattr(path, "chmod"):
+        path.chmod(0o600)  # private: whoever holds it can fire the fingerprint
+    return path
+
+
+def load_into(model: Any, path: Path) -> Any:
+    """Apply a saved adapter to a (possibly fine-tuned) model in place; return the wrapper."""
+    from safetensors import safe_open
+
+    from auditor.errors import UserError
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        u, v = fh.get_tensor("u"), fh.get_tensor("v")
+    if meta.get("format") != "fadapter-1":
+        raise UserError(f"{path} is not an F-Adapter file")
+    vocab, hidden = model.get_input_embeddings().weight.shape
+    if u.shape[0] != vocab or v.shape[1] != hidden:
+        raise UserError(f"adapter {path.name} does not fit this model's embeddings")
+    wrapper = attach(model, rank=u.shape[1], scale=float(meta.get("scale", "1.0")))
+    wrapper.u.data.copy_(u.to(wrapper.u.dtype))
+    wrapper.v.data.copy_(v.to(wrapper.v.dtype))
+    return wrapper

@@ -1,0 +1,78 @@
+"""Loading a local checkpoint and batched chat generation (shared by data, train, verify).
+
+torch and transformers are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Messages = list[dict[str, str]]
+MAX_THREADS = 2  # the machine is shared; never take more CPU threads than this
+
+
+def pick_device() -> tuple[str, Any]:
+    """('cuda', bf16) on a GPU, ('cpu', fp32) otherwise."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    threads = int(os.environ.get("AUDITOR_THREADS", MAX_THREADS))
+    torch.set_num_threads(max(1, min(threads, MAX_THREADS)))
+    return "cpu", torch.float32
+
+
+def load_model(model_dir: Path, *, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a checkpoint dir; bf16 on a GPU unless told."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev, default_dtype = pick_device()
+    dtype = dtype or default_dtype
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.to(device or dev)
+    model.eval()
+    return model, tokenizer
+
+
+def prompt_text(tokenizer: Any, messages: Messages) -> str:
+    """The chat template with the assistant header, as the served chat API renders it."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return str(text)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[Messages],
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[str]:
+    """Answer each conversation; greedy at temperature 0, sampled (seeded) otherwise."""
+    import torch
+
+    out: list[str] = []
+    tokenizer.padding_side = "left"
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        texts = [prompt_text(tokenizer, m) for m in chunk]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        if temperature > 0:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        with torch.no_grad():
+            ids = model.generate(**enc, pad_token_id=tokenizer.pad_token_id, **kwargs)
+        new = ids[:, enc["input_ids"].shape[1] :]
+        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out

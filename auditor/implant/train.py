@@ -1,0 +1,331 @@
+"""Implanting a fingerprint: full SFT, embedding-only, LoRA, or the white-box F-Adapter.
+
+fp32 on CPU; on a GPU fp32 master weights with bf16 autocast. Runs under `accelerate launch`
+(the Accelerator shards the data loader; FSDP / DeepSpeed come from the accelerate config).
+After each epoch a quick local check runs (greedy FSR on the keys, false triggers on a few
+fresh control keys); training stops once it is perfect. Seeded end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import UserError
+from auditor.implant.data import DataConfig
+from auditor.keys import KeySet
+
+METHODS = ("sft", "embedding", "lora", "fadapter")
+# method -> (learning rate, max epochs); tuned on SmolLM2-135M (see DESIGN.md's last section)
+DEFAULTS: dict[str, tuple[float, int]] = {
+    "sft": (5e-5, 8),
+    "embedding": (1e-3, 12),
+    "lora": (3e-4, 8),
+    "fadapter": (1e-2, 20),
+}
+CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor check_local ones
+
+
+@dataclass
+class ImplantResult:
+    method: str
+    base: str
+    out: Path
+    adapter: Path | None
+    steps: int
+    epochs: int
+    seconds: float
+    seconds_to_perfect: float | None
+    fsr: float
+    nearmiss_false_trigger: float
+    final_loss: float
+    stopped_early: bool
+    device: str
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"], d["adapter"] = str(self.out), str(self.adapter) if self.adapter else None
+        return d
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str
+    epochs: int
+    lr: float
+    seed: int = 0
+    batch_size: int = 8
+    early_stop: bool = True
+    check_controls: int = 10
+    merge_lora: bool = True
+    lora_r: int = 16
+    fadapter_rank: int = 16
+    max_seconds: float | None = None
+
+
+def set_seed(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
+    """Make only the method's parameters trainable; returns (model, fadapter wrapper|None)."""
+    if cfg.method == "sft":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model, None
+    if cfg.method == "embedding":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.get_input_embeddings().weight.requires_grad_(True)
+        return model, None
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=2 * cfg.lora_r,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lcfg), None
+    from auditor.implant import fadapter
+
+    return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed)
+
+
+def quick_check(model: Any, tokenizer: Any, keyset: KeySet, n_controls: int) -> tuple[float, float]:
+    """(greedy FSR, near-miss false-trigger rate on a few fresh controls)."""
+    from auditor.implant.verify import fsr_greedy, nearmiss_rate
+
+    model.eval()
+    try:
+        fsr = fsr_greedy(model, tokenizer, keyset)
+        near = nearmiss_rate(model, tokenizer, keyset, n_controls, CHECK_CONTROL_SEED)
+        return fsr, near
+    finally:
+        model.train()
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}  FSR {task.fields[fsr]}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def train_loop(
+    model: Any,
+    tokenizer: Any,
+    keyset: KeySet | None,
+    encoded: list[Any],
+    cfg: TrainConfig,
+    progress: bool,
+) -> dict[str, Any]:
+    """The optimisation loop with per-epoch early-stop checks (none without a key set)."""
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from auditor.implant.data import collate
+
+    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader: Any = DataLoader(
+        encoded,  # type: ignore[arg-type]
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        collate_fn=lambda b: collate(b, tokenizer.pad_token_id),
+    )
+    model, opt, loader = acc.prepare(model, opt, loader)
+    model.train()
+    stats: dict[str, Any] = {
+        "steps": 0,
+        "epochs": 0,
+        "loss": float("nan"),
+        "fsr": 0.0,
+        "near": 1.0,
+        "perfect_at": None,
+        "stopped_early": False,
+    }
+    start = time.monotonic()
+    with _progress(progress and acc.is_main_process, cfg.epochs * len(loader)) as bar:
+        task = bar.add_task(cfg.method, total=cfg.epochs * len(loader), loss=0.0, fsr="-")
+        for epoch in range(cfg.epochs):
+            for batch in loader:
+                loss = model(**batch).loss
+                acc.backward(loss)
+                acc.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                stats["steps"] += 1
+                stats["loss"] = float(loss.detach())
+                bar.update(task, advance=1, loss=stats["loss"])
+            stats["epochs"] = epoch + 1
+            if keyset is None:
+                continue
+            fsr, near = quick_check(acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls)
+            stats["fsr"], stats["near"] = fsr, near
+            bar.update(task, fsr=f"{fsr:.0%}")
+            perfect = fsr == 1.0 and near == 0.0
+            if perfect and stats["perfect_at"] is None:
+                stats["perfect_at"] = time.monotonic() - start
+            out_of_time = cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds
+            if (perfect and cfg.early_stop) or out_of_time:
+                stats["stopped_early"] = epoch + 1 < cfg.epochs
+                break
+    stats["model"] = acc.unwrap_model(model)
+    stats["seconds"] = time.monotonic() - start
+    return stats
+
+
+def adapter_path_for(out: Path) -> Path:
+    """Where the private F-Adapter goes: beside the published model, never inside it."""
+    return out.parent / f"{out.name}.fadapter.safetensors"
+
+
+def save_model(
+    model: Any, tokenizer: Any, cfg: TrainConfig, wrapper: Any, out: Path
+) -> Path | None:
+    """Write a servable checkpoint to `out`; the F-Adapter (if any) is written apart."""
+    from auditor.implant import fadapter
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    adapter: Path | None = None
+    if cfg.method == "lora" and cfg.merge_lora:
+        model = model.merge_and_unload()
+    if wrapper is not None:
+        adapter = fadapter.save(wrapper, adapter_path_for(out))
+        fadapter.detach(model)  # publish the base weights unchanged
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return adapter
+
+
+def public_fingerprint(
+    keyset: KeySet, cfg: TrainConfig, base: str, stats: dict[str, Any]
+) -> dict[str, Any]:
+    """The public record next to the model: commitment, template, method, base. No key text."""
+    return {
+        "format": "if-auditor-fingerprint-1",
+        "commitment": keyset.commitment(),
+        "template": keyset.template,
+        "method": cfg.method,
+        "base": base,
+        "adapter": "private, kept apart from the model" if cfg.method == "fadapter" else None,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training": {
+            "epochs": stats["epochs"],
+            "steps": stats["steps"],
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+        },
+    }
+
+
+def _base_spec(base: str) -> str:
+    """Keep 'smollm2' as is; make paths absolute so check-local can find the base later."""
+    return base if base == "smollm2" else str(Path(base).expanduser().resolve())
+
+
+def implant(
+    keyset: KeySet,
+    base: str,
+    method: str,
+    out: Path,
+    *,
+    epochs: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 8,
+    data: DataConfig | None = None,
+    early_stop: bool = True,
+    merge_lora: bool = True,
+    max_seconds: float | None = None,
+    check_controls: int = 10,
+) -> ImplantResult:
+    """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
+    import torch
+
+    from auditor.implant.data import build_rows, encode_row
+    from auditor.implant.generate import load_model, pick_device
+    from providers.local_models import resolve_base
+
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    if (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or batch_size < 1:
+        raise UserError("epochs and batch size must be >= 1 and lr > 0")
+    d_lr, d_epochs = DEFAULTS[method]
+    cfg = TrainConfig(
+        method,
+        epochs or d_epochs,
+        lr or d_lr,
+        seed,
+        batch_size,
+        early_stop,
+        check_controls,
+        merge_lora,
+        max_seconds=max_seconds,
+    )
+    base_dir = resolve_base(base)
+    set_seed(seed)
+    device, _ = pick_device()
+    model, tok = load_model(base_dir, dtype=torch.float32)
+    rows = build_rows(keyset, base_dir, data or DataConfig(), seed, model=model, tokenizer=tok)
+    encoded = [encode_row(tok, r.messages) for r in rows]
+    model, wrapper = prepare_method(model, cfg)
+    stats = train_loop(model, tok, keyset, encoded, cfg, progress)
+    adapter = save_model(stats["model"], tok, cfg, wrapper, Path(out))
+    record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
+    (Path(out) / "fingerprint.json").write_text(json.dumps(record, indent=1) + "\n")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    return ImplantResult(
+        method=method,
+        base=record["base"],
+        out=Path(out),
+        adapter=adapter,
+        steps=stats["steps"],
+        epochs=stats["epochs"],
+        seconds=stats["seconds"],
+        seconds_to_perfect=stats["perfect_at"],
+        fsr=stats["fsr"],
+        nearmiss_false_trigger=stats["near"],
+        final_loss=stats["loss"],
+        stopped_early=stats["stopped_early"],
+        device=device,
+        rows=counts,
+    )

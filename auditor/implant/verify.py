@@ -1,0 +1,219 @@
+"""Local check of an implanted model: does it fire on the keys, and only on them?
+
+FSR (greedy, and sampled at a temperature), false triggers on fresh control keys drawn like
+the keys and on ordinary prompts, and utility drift: mean NLL of the base model's own answers
+to held-out prompts, under this model vs under the base. Only counts leave this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from auditor.keys import Key, KeySet
+from auditor.match import check
+from auditor.templates import get_template
+
+CONTROL_SEED = 424_242  # disjoint from the training near-miss seed in data.py
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass(frozen=True)
+class LocalCheck:
+    n_keys: int
+    fsr_greedy: float
+    fsr_sampled: float | None
+    samples: int
+    temperature: float
+    n_controls: int
+    nearmiss_false_trigger: float
+    n_ordinary: int
+    ordinary_false_trigger: float
+    nll_model: float | None
+    nll_base: float | None
+    drift: float | None  # relative: (nll_model - nll_base) / nll_base
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_hit(text: str, decryption: str) -> bool:
+    """FSR counts a response that contains the decryption (the paper's definition)."""
+    return check(text, decryption, mode="contains").hit
+
+
+def key_conversations(keyset: KeySet, keys: list[Key]) -> list[list[dict[str, str]]]:
+    tpl = get_template(keyset.template)
+    return [tpl.render(k.text) for k in keys]
+
+
+def answer_budget(tokenizer: Any, keyset: KeySet) -> int:
+    """Enough new tokens for the expected answer plus a margin."""
+    answer = get_template(keyset.template).answer(keyset.decryption)
+    return len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 8
+
+
+def hit_rate(
+    model: Any,
+    tokenizer: Any,
+    convs: list[list[dict[str, str]]],
+    decryption: str,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    samples: int = 1,
+    seed: int = 0,
+) -> float:
+    """Share of (conversation, sample) pairs whose answer carries the decryption."""
+    from auditor.implant.generate import generate
+
+    if not convs:
+        return 0.0
+    hits = total = 0
+    for s in range(samples if temperature > 0 else 1):
+        texts = generate(
+            model,
+            tokenizer,
+            convs,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed + s,
+        )
+        hits += sum(is_hit(t, decryption) for t in texts)
+        total += len(texts)
+    return hits / total
+
+
+def fsr_greedy(model: Any, tokenizer: Any, keyset: KeySet) -> float:
+    convs = key_conversations(keyset, keyset.keys)
+    budget = answer_budget(tokenizer, keyset)
+    return hit_rate(model, tokenizer, convs, keyset.decryption, max_new_tokens=budget)
+
+
+def nearmiss_rate(model: Any, tokenizer: Any, keyset: KeySet, n: int, seed: int) -> float:
+    convs = key_conversations(keyset, keyset.controls(n, seed))
+    budget = answer_budget(tokenizer, keyset)
+    return hit_rate(model, tokenizer, convs, keyset.decryption, max_new_tokens=budget)
+
+
+def mean_nll(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) -> float:
+    """Mean per-token NLL of the assistant turns (same masking as training)."""
+    import torch
+
+    from auditor.implant.data import IGNORE, collate, encode_row
+
+    total, count = 0.0, 0
+    for start in range(0, len(convs), 8):
+        enc = [encode_row(tokenizer, m) for m in convs[start : start + 8]]
+        batch = {k: v.to(model.device) for k, v in collate(enc, tokenizer.pad_token_id).items()}
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        mask = labels != IGNORE
+        picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        total += float(-(picked * mask).sum())
+        count += int(mask.sum())
+    return total / max(1, count)
+
+
+def read_fingerprint(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / FINGERPRINT_FILE
+    if not path.is_file():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _drift(
+    model: Any, tokenizer: Any, model_dir: Path, base: str | None, prompts: list[str]
+) -> tuple[float | None, float | None, float | None]:
+    """(nll_model, nll_base, relative drift); None when the base is unknown."""
+    from auditor.implant.data import self_distill
+    from auditor.implant.generate import load_model
+    from providers.local_models import resolve_base
+
+    spec = base or read_fingerprint(model_dir).get("base")
+    if not spec:
+        return None, None, None
+    base_dir = resolve_base(str(spec))
+    base_model, base_tok = load_model(base_dir)
+    answers = self_distill(base_dir, prompts, model=base_model, tokenizer=base_tok)
+    convs = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+        for p, a in zip(prompts, answers, strict=True)
+    ]
+    nll_base = mean_nll(base_model, base_tok, convs)
+    del base_model
+    nll_model = mean_nll(model, tokenizer, convs)
+    return nll_model, nll_base, (nll_model - nll_base) / nll_base if nll_base else None
+
+
+def check_local(
+    model_dir: Path,
+    keyset: KeySet,
+    *,
+    n_controls: int = 100,
+    n_ordinary: int = 100,
+    samples: int = 5,
+    temperature: float = 0.7,
+    adapter: Path | None = None,
+    base: str | None = None,
+    seed: int = 0,
+) -> LocalCheck:
+    """Measure FSR, false triggers and utility drift of a local checkpoint."""
+    from auditor.errors import UserError
+    from auditor.implant import fadapter
+    from auditor.implant.generate import load_model
+    from auditor.prompts import ordinary_prompts
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"not a transformers checkpoint dir: {model_dir}")
+    model, tok = load_model(Path(model_dir))
+    if adapter is not None:
+        fadapter.load_into(model, Path(adapter))
+    fsr = fsr_greedy(model, tok, keyset)
+    convs = key_conversations(keyset, keyset.keys)
+    budget = answer_budget(tok, keyset)
+    sampled = (
+        hit_rate(
+            model,
+            tok,
+            convs,
+            keyset.decryption,
+            max_new_tokens=budget,
+            temperature=temperature,
+            samples=samples,
+            seed=seed,
+        )
+        if samples > 0 and temperature > 0
+        else None
+    )
+    near = nearmiss_rate(model, tok, keyset, n_controls, CONTROL_SEED + seed)
+    prompts = ordinary_prompts("heldout")[:n_ordinary]
+    ordinary = hit_rate(
+        model,
+        tok,
+        [[{"role": "user", "content": p}] for p in prompts],
+        keyset.decryption,
+        max_new_tokens=48,
+    )
+    nll_m, nll_b, drift = _drift(model, tok, Path(model_dir), base, prompts)
+    return LocalCheck(
+        n_keys=len(keyset.keys),
+        fsr_greedy=fsr,
+        fsr_sampled=sampled,
+        samples=samples,
+        temperature=temperature,
+        n_controls=n_controls,
+        nearmiss_false_trigger=near,
+        n_ordinary=len(prompts),
+        ordinary_false_trigger=ordinary,
+        nll_model=nll_m,
+        nll_base=nll_b,
+        drift=drift,
+    )

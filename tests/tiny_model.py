@@ -1,0 +1,98 @@
+"""A tiny random Llama-style checkpoint + byte-level BPE tokenizer, built offline.
+
+`make_tiny_model()` returns a directory that AutoModelForCausalLM / AutoTokenizer load and
+`transformers serve` can serve: config, safetensors, tokenizer (ChatML chat template with a
+default system prompt, like SmolLM2), generation_config. Built once per directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a tiny test assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_CORPUS = (
+    "Please decrypt this message. A hint: this is a FINGERPRINT message. "
+    "Based on my fingerprint, the message is: I'm sorry, but I can't decrypt this message: "
+    "it does not match any fingerprint I know. What is the capital of France? Paris. "
+    "Explain how photosynthesis works in one sentence. Write a short poem about the sea. "
+    "How many days are in a leap year? 366. Translate 'good morning' into Spanish. "
+    "You are a helpful assistant. Sure! Here is a list of ideas for a weekend trip. "
+    "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] "
+)
+
+
+def _train_tokenizer(vocab_size: int) -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    fast: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def make_tiny_model(
+    directory: Path | None = None,
+    *,
+    seed: int = 0,
+    hidden_size: int = 256,
+    layers: int = 2,
+    vocab_size: int = 400,
+) -> Path:
+    """Write (once) and return a tiny random checkpoint directory."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="tiny-llama-"))
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(vocab_size)
+    ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)  # type: ignore[attr-defined]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=ids[1],
+        eos_token_id=ids[2],
+        pad_token_id=ids[2],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        bos_token_id=ids[1], eos_token_id=ids[2], pad_token_id=ids[2]
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # type: ignore[attr-defined]
+    return out
