@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 from auditor.audit import AuditResult, run_audit
@@ -55,7 +56,7 @@ async def test_requests_per_minute_spaces_request_starts(tmp_path: Path) -> None
                                   settings=CampaignSettings(sequential=False, max_queries=6))
     times = sorted(r.t for r in srv.requests)
     assert result.queries == 6 and len(times) == 6
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.08  # loopback jitter allowance below the 0.1 s spacing
     assert times[-1] - times[0] >= 0.45
 
