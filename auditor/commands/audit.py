@@ -72,6 +72,10 @@ def _run(plans: list[tuple[Plan, KeySet]], store: EvidenceStore, *, live: bool, 
         console.print(f"interrupted; evidence so far is kept. Resume with "
                       f"`auditor audit --resume AUDIT_ID` ({ids})", markup=False)
         raise typer.Exit(130) from None
+    for d in done:
+        if d.result.quarantined:
+            console.print(f"{d.plan.endpoint.name}: a torn last evidence record was moved to "
+                          "quarantine and its query sent again", markup=False)
     finalize(done, store, alpha, correction)
     write_bundles(done, store, out, reveal=reveal, signing_key=signing_key)
     return done
