@@ -140,7 +140,10 @@ def _check_endpoint(item: Finished, store: EvidenceStore, inj: FaultInjector) ->
     assert check.count == len(recs) >= len(inj.log)
 
 
-def test_faulty_campaign_loses_nothing_and_keeps_verdicts(tmp_path: Path) -> None:
+def test_faulty_campaign_loses_nothing_and_keeps_verdicts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-campaign-not-real")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-campaign-not-real")
     keyset = KeySet.generate("campaign", KEYS, seed=11)
     clean, clean_store, _ = _run(tmp_path, "clean", keyset, faults=False)
     faulty, store, injectors = _run(tmp_path, "faulty", keyset, faults=True)
