@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from auditor.errors import AuditFailed
+from auditor.errors import AuditFailed, UserError
 from auditor.evidence import EvidenceStore, Quarantined, utc_now
-from auditor.plan import Plan, PlannedQuery
+from auditor.plan import EndpointConfig, Plan, PlannedQuery
 from auditor.ratelimit import LimitedProvider
 from auditor.writer import GroupWriter
 
@@ -65,7 +65,7 @@ class AuditResult:
     error_kind: str | None = None
     resolved_models: list[str] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)
-    quarantined: int = 0
+    quarantined: list[Quarantined] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -106,7 +106,9 @@ class _Runner:
         self.stop = False
         self.stopped_early = False
         self.down: _EndpointDown | None = None
-        self.failures_in_row = 0
+        self.failures_in_row = 0  # queries in a row that ended in error
+        self.decoy_failures_in_row = 0  # the same over ordinary prompts only
+        self.successes = 0
         self.models: set[str] = set()
         self.tokens = {"prompt": 0, "completion": 0}
         self._since_analysis = 0  # final records since the last analysis
@@ -153,15 +155,29 @@ class _Runner:
 
         try:
             await generate_with_retry(provider, messages, params, self.policy, on_attempt)
-            self.failures_in_row = 0
         except ProviderError as err:
-            self._on_failure(err)
+            self._on_failure(q, err)
+        else:
+            self.successes += 1
+            self.failures_in_row = 0
+            if q.category == "decoy":
+                self.decoy_failures_in_row = 0
 
-    def _on_failure(self, err: ProviderError) -> None:
+    def _on_failure(self, q: PlannedQuery, err: ProviderError) -> None:
+        """Decide whether a failed query takes the whole endpoint down.
+
+        Failures on key-like prompts alone never do while ordinary prompts are answered:
+        a guard that breaks them is what the filtering check measures, not an outage.
+        """
         self.failures_in_row += 1
+        self.decoy_failures_in_row += q.category == "decoy"
         if err.kind in ENDPOINT_FATAL:
             self._go_down(f"{err.kind}: {err.message}", err.kind)
-        elif self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+        elif err.kind == "connection" and self.successes == 0:
+            self._go_down(f"cannot reach {endpoint_target(self.plan.endpoint)}: "
+                          f"{err.message}", "unreachable")
+        elif (self.successes == 0 and self.failures_in_row >= MAX_CONSECUTIVE_FAILURES) or \
+                self.decoy_failures_in_row >= MAX_CONSECUTIVE_FAILURES:
             self._go_down(f"{self.failures_in_row} queries in a row failed (last: {err.kind}: "
                           f"{err.message})", err.kind)
 
@@ -264,6 +280,9 @@ async def run_audit(plan: Plan, keyset: KeySet, store: EvidenceStore, *,
         quarantined, prov = await asyncio.to_thread(_setup, runner, plan, provider)
     except ProviderError as err:
         return _failed(plan, store, started, f"{err.kind}: {err.message}", err.kind)
+    except AuditFailed as exc:  # damaged evidence: nothing is sent, nothing is decided
+        return AuditResult(plan.audit_id, ep.name, "error", None, started, utc_now(),
+                           queries=0, error=str(exc), error_kind="damaged")
     runner.provider = LimitedProvider(prov, rpm=ep.rpm)
     try:
         await runner.run()
@@ -283,7 +302,7 @@ async def run_audit(plan: Plan, keyset: KeySet, store: EvidenceStore, *,
         error=str(runner.down) if runner.down else None,
         error_kind=runner.down.kind if runner.down else None,
         resolved_models=sorted(runner.models), tokens=runner.tokens,
-        quarantined=1 if quarantined else 0)
+        quarantined=[quarantined] if quarantined else [])
 
 
 def _setup(runner: _Runner, plan: Plan,
@@ -302,11 +321,38 @@ def preload() -> None:
 
 
 def _make_provider(plan: Plan) -> Provider:
+    return make_endpoint_provider(plan.endpoint)
+
+
+def make_endpoint_provider(ep: EndpointConfig) -> Provider:
     from providers.registry import make_provider
 
-    ep = plan.endpoint
     return make_provider(ep.spec, credential_env=ep.credential_env, base_url=ep.base_url,
                          timeout_s=ep.timeout_s, endpoint_id=ep.name)
+
+
+def check_endpoint(ep: EndpointConfig) -> None:
+    """Build and close the endpoint's provider: a bad spec or missing credential is bad
+    input (UserError), found before any audit is created."""
+    from providers.base import ConfigError
+
+    try:
+        provider = make_endpoint_provider(ep)
+    except ConfigError as err:
+        raise UserError(f"endpoint {ep.name}: {err.message}") from None
+    asyncio.run(provider.aclose())
+
+
+def endpoint_target(ep: EndpointConfig) -> str:
+    """Where the endpoint lives (base URL or the spec's URL), without any user info."""
+    from urllib.parse import urlsplit
+
+    target = ep.base_url or ep.spec.partition(":")[2].rpartition("#")[0] or ep.spec
+    parts = urlsplit(target)
+    if parts.hostname is None:
+        return target
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 def _failed(plan: Plan, store: EvidenceStore, started: str, message: str,

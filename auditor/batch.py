@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from auditor.audit import (
     AuditResult,
     Listener,
+    check_endpoint,
     check_keyset_matches,
     preload,
     run_audit,
@@ -150,6 +151,8 @@ def load_keysets(entries: list[BatchEntry]) -> dict[str, KeySet]:
 def prepare(entries: list[BatchEntry], keysets: Mapping[str, KeySet], base: CampaignSettings,
             store: EvidenceStore, *, resume: bool = True) -> list[tuple[Plan, KeySet]]:
     """A plan per endpoint: an unfinished audit of the same endpoint and keys, or a new one."""
+    for e in entries:  # every spec and credential checked before any audit is created
+        check_endpoint(e.endpoint)
     plans: list[tuple[Plan, KeySet]] = []
     for e in entries:
         ks = keysets[e.key_file]

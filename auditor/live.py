@@ -1,6 +1,6 @@
 """Rich live view: one progress bar per endpoint, an overall bar, verdicts as they firm up.
 
-Without a terminal (or with ``enabled=False``) it prints one line per finished endpoint.
+Without a terminal it prints one line per finished endpoint; ``enabled=False`` is silent.
 Shows endpoint ids, counts and verdicts only: never prompt text.
 """
 
@@ -35,6 +35,7 @@ class LiveView:
     def __init__(self, console: Console | None = None, *, enabled: bool = True) -> None:
         self.console = console or Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
+        self.plain = enabled and not self.enabled
         self._bars = Progress(TextColumn("{task.description}", justify="left"), BarColumn(),
                               MofNCompleteColumn(), TextColumn("{task.fields[verdict]}"),
                               console=self.console, refresh_per_second=4, transient=False)
@@ -57,7 +58,8 @@ class LiveView:
     def update(self, progress: EndpointProgress) -> None:
         self._state[progress.endpoint_id] = progress
         if not self.enabled:
-            self._plain(progress)
+            if self.plain:
+                self._plain(progress)
             return
         if progress.endpoint_id not in self._tasks and len(self._tasks) < MAX_BARS:
             self._tasks[progress.endpoint_id] = self._bars.add_task(

@@ -72,10 +72,22 @@ def test_audit_cli_bad_input_and_failure_codes(tmp_path: Path,
     assert _run(["audit", "--resume", "nope", "--store", "ev.sqlite"], tmp_path).returncode == 2
     missing = _run(_audit_args("http://127.0.0.1:9", path, "--concurrency", "0"), tmp_path)
     assert missing.returncode == 2 and "concurrency" in missing.stderr
-    # nothing listens on port 9: connection failures => the endpoint is ERROR, exit 1
+    # nothing listens on port 9: never reached => one message naming it, exit 2, attempts kept
     down = _run(_audit_args("http://127.0.0.1:9", path, "--max-queries", "8"), tmp_path)
-    assert down.returncode == 1, down.stderr
-    assert "ERROR" in down.stdout
+    assert down.returncode == 2, down.stderr
+    assert down.stderr.strip().splitlines() == [down.stderr.strip()]
+    assert "cannot reach http://127.0.0.1:9/v1" in down.stderr and not down.stdout.strip()
+    with EvidenceStore(tmp_path / "ev.sqlite") as store:
+        (row,) = store.audits()
+        assert row.status == "error" and store.records(row.audit_id)
+        assert store.verify(row.audit_id).ok
+    assert not (tmp_path / "bundles").exists()
+    # a missing credential variable is refused before any audit is created
+    cred = _run(["audit", "openai:gpt-x", "--keys", str(path), "--store", "ev.sqlite",
+                 "--credential-env", "SURELY_UNSET_VAR_X", "--no-live"], tmp_path)
+    assert cred.returncode == 2 and "SURELY_UNSET_VAR_X" in cred.stderr
+    with EvidenceStore(tmp_path / "ev.sqlite") as store:
+        assert len(store.audits()) == 1
 
 
 def test_dry_run_prints_plan_and_cost(tmp_path: Path, keyfile: tuple[KeySet, Path]) -> None:

@@ -72,7 +72,8 @@ async def test_interrupted_audit_resumes_after_quarantine(tmp_path: Path) -> Non
         resumed_plan.endpoint = EndpointConfig("suspect", "compat:fake-model",
                                                base_url=second.url + "/v1", concurrency=2)
         result = await run_audit(resumed_plan, ks, store, policy=FAST)
-    assert result.quarantined == 1 and [q.seq for q in store.quarantined("a-r")]
+    assert len(result.quarantined) == 1
+    assert [q.seq for q in result.quarantined] == [q.seq for q in store.quarantined("a-r")]
     assert result.status == "completed" and result.verdict == "OWNED"
     text_of = {q.query_id: plan.prompts[q.prompt_id][-1]["content"] for q in plan.queries}
     resent = Counter(r.prompt for r in second.requests)

@@ -59,7 +59,7 @@ def _print_plan(plans: list[Plan], console: Console) -> None:
 
 def _run(plans: list[tuple[Plan, KeySet]], store: EvidenceStore, *, live: bool, out: Path,
          reveal: bool, signing_key: Path | None, alpha: float, correction: str,
-         console: Console) -> list[Finished]:
+         console: Console, single: bool = False) -> list[Finished]:
     from auditor.batch import run_plans
     from auditor.finish import finalize, write_bundles
     from auditor.live import LiveView
@@ -73,20 +73,31 @@ def _run(plans: list[tuple[Plan, KeySet]], store: EvidenceStore, *, live: bool, 
                       f"`auditor audit --resume AUDIT_ID` ({ids})", markup=False)
         raise typer.Exit(130) from None
     for d in done:
-        if d.result.quarantined:
-            console.print(f"{d.plan.endpoint.name}: a torn last evidence record was moved to "
-                          "quarantine and its query sent again", markup=False)
+        for q in d.result.quarantined:
+            console.print(f"quarantined torn record {q.seq} of audit {q.audit_id} "
+                          f"({d.plan.endpoint.name}): {q.reason}; its query was asked again",
+                          markup=False)
+    if single:
+        _refuse_single(done[0])
     finalize(done, store, alpha, correction)
-    write_bundles(done, store, out, reveal=reveal, signing_key=signing_key)
+    write_bundles([d for d in done if d.result.error_kind != "damaged"], store, out,
+                  reveal=reveal, signing_key=signing_key)
     return done
 
 
+def _refuse_single(item: Finished) -> None:
+    """A lone endpoint that could not be audited at all: one message, no report or bundle."""
+    from auditor.errors import AuditFailed
+
+    kind, error = item.result.error_kind, item.result.error or ""
+    if kind in ("config", "unreachable"):
+        raise UserError(error)
+    if kind == "damaged":
+        raise AuditFailed(error)
+
+
 def _exit_code(done: list[Finished]) -> int:
-    if all(d.result.status == "completed" for d in done):
-        return 0
-    if len(done) == 1 and done[0].result.error_kind == "config":
-        return 2
-    return 1
+    return 0 if all(d.result.status == "completed" for d in done) else 1
 
 
 def _offer_resume(store: EvidenceStore, name: str, keyset: KeySet, fresh: bool,
@@ -151,6 +162,7 @@ def audit(
     """Audit one endpoint: keys hidden among decoys, evidence recorded, verdict and bundle."""
     from rich.console import Console
 
+    from auditor.audit import check_endpoint
     from auditor.evidence import EvidenceStore
     from auditor.keys import KeySet
     from auditor.plan import EndpointConfig, build_plan, new_audit_id
@@ -176,8 +188,10 @@ def audit(
             resume = _offer_resume(ev, ep.name, keyset, fresh, console)
         if resume is not None:
             plan, keyset = _resumed(ev, resume, keys)
+            check_endpoint(plan.endpoint)
             console.print(f"resuming audit {plan.audit_id}", markup=False)
         else:
+            check_endpoint(ep)  # bad spec or credential: refused before any audit exists
             plan = build_plan(new_audit_id(ep.name), ep, keyset, str(keys), settings)
             ev.create_audit(plan.audit_id, ep.name, plan.to_dict())
         if dry_run:
@@ -185,7 +199,7 @@ def audit(
             return
         done = _run([(plan, keyset)], ev, live=live, out=out, reveal=reveal,
                     signing_key=signing_key, alpha=plan.settings.alpha, correction="none",
-                    console=console)
+                    console=console, single=True)
     item = done[0]
     assert item.report is not None
     render_console(item.report, console)
