@@ -14,7 +14,7 @@ from auditor.errors import UserError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from auditor.evidence import EvidenceStore
+    from auditor.evidence import EvidenceStore, Quarantined
     from auditor.finish import Finished
     from auditor.keys import KeySet
     from auditor.plan import CampaignSettings, Plan
@@ -74,15 +74,26 @@ def _run(plans: list[tuple[Plan, KeySet]], store: EvidenceStore, *, live: bool, 
         raise typer.Exit(130) from None
     for d in done:
         for q in d.result.quarantined:
-            console.print(f"quarantined torn record {q.seq} of audit {q.audit_id} "
-                          f"({d.plan.endpoint.name}): {q.reason}; its query was asked again",
-                          markup=False)
+            _say_quarantined(q, console)
     if single:
         _refuse_single(done[0])
     finalize(done, store, alpha, correction)
     write_bundles([d for d in done if d.result.error_kind != "damaged"], store, out,
                   reveal=reveal, signing_key=signing_key)
     return done
+
+
+def _say_quarantined(q: Quarantined, console: Console) -> None:
+    console.print(f"quarantined torn record {q.seq} of audit {q.audit_id}: {q.reason} "
+                  "(not trusted; its query will be asked again)", markup=False)
+
+
+def _repair(store: EvidenceStore, audit_ids: list[str], console: Console) -> None:
+    """Quarantine torn last records now and say so before anything is sent."""
+    for audit_id in audit_ids:
+        q = store.repair_tail(audit_id)
+        if q is not None:
+            _say_quarantined(q, console)
 
 
 def _refuse_single(item: Finished) -> None:
@@ -189,6 +200,7 @@ def audit(
         if resume is not None:
             plan, keyset = _resumed(ev, resume, keys)
             check_endpoint(plan.endpoint)
+            _repair(ev, [plan.audit_id], console)
             console.print(f"resuming audit {plan.audit_id}", markup=False)
         else:
             check_endpoint(ep)  # bad spec or credential: refused before any audit exists
@@ -249,6 +261,7 @@ def batch(
         return
     with EvidenceStore(store) as ev:
         plans = prepare(entries, keysets, base, ev, resume=not fresh)
+        _repair(ev, [p.audit_id for p, _ in plans], console)
         done = _run(plans, ev, live=live, out=out, reveal=reveal, signing_key=signing_key,
                     alpha=alpha, correction=correction, console=console)
     render_batch_console([d.report for d in done if d.report is not None], console)
