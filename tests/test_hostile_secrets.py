@@ -99,6 +99,7 @@ def _leaks(text: str) -> list[str]:
     return [c for c in CANARIES if c in text or "".join(c.split()) in squeezed]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "compat"])
 def test_no_canary_in_output_logs_or_bundle(tmp_path: Path, kind: str) -> None:
     ks = canary_keyset()
