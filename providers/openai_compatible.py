@@ -6,6 +6,8 @@ Talks ``/v1/chat/completions`` or ``/v1/completions`` over plain ``httpx``: one 
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +37,12 @@ from providers.base import (
 )
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One CA bundle load per process, not per client (matters for batches of many endpoints)."""
+    return ssl.create_default_context()
+
+
 class OpenAICompatibleProvider:
     """One model behind an OpenAI-compatible base URL such as ``http://host:8000/v1``."""
 
@@ -52,7 +60,8 @@ class OpenAICompatibleProvider:
         self._redact = Redactor([api_key])
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout_s,
-                                         limits=httpx.Limits(max_connections=256))
+                                         limits=httpx.Limits(max_connections=256),
+                                         verify=shared_ssl_context())
 
     def __repr__(self) -> str:  # no credential
         return f"OpenAICompatibleProvider(endpoint_id={self.endpoint_id!r})"
