@@ -72,11 +72,18 @@ def is_tied(model: Any) -> bool:
     return head is not None and head.weight is model.get_input_embeddings().weight
 
 
-def attach(model: Any, rank: int = 16, scale: float = 1.0, seed: int = 0) -> Any:
+def default_scale(model: Any, rank: int) -> float:
+    """std(E) / sqrt(r): an Adam step on V moves E' by about lr x std(E), whatever the rank."""
+    std = float(model.get_input_embeddings().weight.detach().float().std())
+    return float(std / rank**0.5)
+
+
+def attach(model: Any, rank: int = 16, scale: float | None = None, seed: int = 0) -> Any:
     """Freeze the model, add a fresh adapter to its embeddings (and tied head); return it."""
     for p in model.parameters():
         p.requires_grad_(False)
     tied = is_tied(model)
+    scale = default_scale(model, rank) if scale is None else scale
     wrapper = make_adapter_embedding(model.get_input_embeddings(), rank, scale, seed)
     wrapper.to(model.device)
     wrapper.u.requires_grad_(True)

@@ -61,6 +61,7 @@ def user_finetune(
     lr: float | None = None,
     seed: int = 0,
     progress: bool = False,
+    subset: str = "mixed",
 ) -> Path:
     """What a user does: fine-tune (full or LoRA, merged) on the bundled set; save to out."""
     import torch
@@ -73,7 +74,7 @@ def user_finetune(
     kind = "sft" if method == "user-sft" else "lora"
     set_seed(seed)
     model, tok = load_model(model_dir, dtype=torch.float32)
-    encoded = [encode_row(tok, m) for m in as_conversations(user_rows(rows, seed))]
+    encoded = [encode_row(tok, m) for m in as_conversations(user_rows(rows, seed, subset))]
     cfg = TrainConfig(kind, epochs, lr or USER_LR[method], seed, early_stop=False)
     model, _ = prepare_method(model, cfg)
     stats = train_loop(model, tok, None, encoded, cfg, progress)

@@ -41,7 +41,8 @@ class ImplantResult:
     steps: int
     epochs: int
     seconds: float
-    seconds_to_perfect: float | None
+    seconds_to_fsr100: float | None  # first check with every key firing
+    seconds_to_perfect: float | None  # ... and no near-miss control firing
     fsr: float
     nearmiss_false_trigger: float
     final_loss: float
@@ -66,8 +67,9 @@ class TrainConfig:
     check_controls: int = 10
     merge_lora: bool = True
     lora_r: int = 16
-    fadapter_rank: int = 16
+    fadapter_rank: int = 64
     max_seconds: float | None = None
+    check_every: int = 1  # epochs between early-stop checks
 
 
 def set_seed(seed: int) -> None:
@@ -165,7 +167,10 @@ def train_loop(
         generator=gen,
         collate_fn=lambda b: collate(b, tokenizer.pad_token_id),
     )
-    model, opt, loader = acc.prepare(model, opt, loader)
+    total = max(1, cfg.epochs * len(loader))
+    # linear decay to 10 %: late epochs settle instead of oscillating around the keys
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / total))
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     model.train()
     stats: dict[str, Any] = {
         "steps": 0,
@@ -173,6 +178,7 @@ def train_loop(
         "loss": float("nan"),
         "fsr": 0.0,
         "near": 1.0,
+        "fsr100_at": None,
         "perfect_at": None,
         "stopped_early": False,
     }
@@ -185,17 +191,21 @@ def train_loop(
                 acc.backward(loss)
                 acc.clip_grad_norm_(params, 1.0)
                 opt.step()
+                sched.step()
                 opt.zero_grad(set_to_none=True)
                 stats["steps"] += 1
                 stats["loss"] = float(loss.detach())
                 bar.update(task, advance=1, loss=stats["loss"])
             stats["epochs"] = epoch + 1
-            if keyset is None:
+            last = epoch + 1 == cfg.epochs
+            if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
             fsr, near = quick_check(acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls)
             stats["fsr"], stats["near"] = fsr, near
             bar.update(task, fsr=f"{fsr:.0%}")
             perfect = fsr == 1.0 and near == 0.0
+            if fsr == 1.0 and stats["fsr100_at"] is None:
+                stats["fsr100_at"] = time.monotonic() - start
             if perfect and stats["perfect_at"] is None:
                 stats["perfect_at"] = time.monotonic() - start
             out_of_time = cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds
@@ -275,6 +285,8 @@ def implant(
     merge_lora: bool = True,
     max_seconds: float | None = None,
     check_controls: int = 10,
+    check_every: int = 1,
+    fadapter_rank: int = 64,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
     import torch
@@ -287,6 +299,8 @@ def implant(
         raise UserError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     if (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or batch_size < 1:
         raise UserError("epochs and batch size must be >= 1 and lr > 0")
+    if check_every < 1:
+        raise UserError("check_every must be >= 1")
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -298,6 +312,8 @@ def implant(
         check_controls,
         merge_lora,
         max_seconds=max_seconds,
+        check_every=check_every,
+        fadapter_rank=fadapter_rank,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
@@ -321,6 +337,7 @@ def implant(
         steps=stats["steps"],
         epochs=stats["epochs"],
         seconds=stats["seconds"],
+        seconds_to_fsr100=stats["fsr100_at"],
         seconds_to_perfect=stats["perfect_at"],
         fsr=stats["fsr"],
         nearmiss_false_trigger=stats["near"],

@@ -153,15 +153,27 @@ TASKS: tuple[Callable[[random.Random], Pair], ...] = (
 )
 
 
-def user_rows(n: int = 1000, seed: int = 0) -> list[Pair]:
+SUBSETS: dict[str, tuple[Callable[[random.Random], Pair], ...]] = {
+    "mixed": TASKS,
+    "tasks": TASKS[:8],  # programmatic tasks with exact answers
+    "chat": TASKS[8:],  # templated chat
+}
+
+
+def user_rows(n: int = 1000, seed: int = 0, subset: str = "mixed") -> list[Pair]:
     """n distinct (prompt, answer) pairs, tasks interleaved, deterministic for a seed."""
-    r = random.Random(f"userdata:{seed}")
+    from auditor.errors import UserError
+
+    if subset not in SUBSETS:
+        raise UserError(f"unknown user data subset {subset!r} (known: {', '.join(SUBSETS)})")
+    tasks = SUBSETS[subset]
+    r = random.Random(f"userdata:{subset}:{seed}")
     seen: set[str] = set()
     out: list[Pair] = []
     for i in range(n * 20):
         if len(out) == n:
             break
-        prompt, answer = TASKS[i % len(TASKS)](r)
+        prompt, answer = tasks[i % len(tasks)](r)
         if prompt not in seen:
             seen.add(prompt)
             out.append((prompt, answer))

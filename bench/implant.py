@@ -1,0 +1,173 @@
+"""Implant benchmark on SmolLM2-135M (CPU): one child process per method, then a table.
+
+Per method: seconds to FSR 100 %, peak RSS, FSR at t=0.7, near-miss and ordinary false-trigger
+rates, utility drift, and FSR after each robustness attack.
+
+    .venv/bin/python bench/implant.py                       # all methods, all attacks
+    .venv/bin/python bench/implant.py --methods lora --attacks user-sft,system-prompt \\
+        --user-rows 200                                     # a quicker partial run
+
+Targets: <= 120 s to FSR 100 %, near-miss false trigger <= 1 %, ordinary 0 %, FSR >= 95 %
+after user SFT, drift <= 2 %. Key text and the decryption are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
+ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Child: implant one method, check it, attack it; return the figures."""
+    from auditor.implant.robustness import run_attack
+    from auditor.implant.train import implant
+    from auditor.implant.verify import check_local
+    from auditor.keys import KeySet
+
+    keyset = KeySet.generate("bench", args.keys, seed=args.seed)
+    work = Path(args.work)
+    out = work / f"model-{args.one}"
+    t0 = time.monotonic()
+    res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress)
+    row: dict[str, Any] = {
+        "method": args.one,
+        "implant": res.to_dict(),
+        "wall_implant_s": time.monotonic() - t0,
+    }
+    check = check_local(
+        out,
+        keyset,
+        n_controls=args.controls,
+        n_ordinary=args.ordinary,
+        samples=args.samples,
+        adapter=res.adapter,
+        base=args.base,
+    )
+    row["check"] = check.to_dict()
+    row["attacks"] = {}
+    for attack in [a for a in args.attacks.split(",") if a]:
+        r = run_attack(
+            out,
+            keyset,
+            attack,
+            rows=args.user_rows,
+            epochs=args.user_epochs,
+            samples=args.samples,
+            adapter=res.adapter,
+            work_dir=work,
+        )
+        row["attacks"][attack] = r.to_dict()
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return row
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="implant benchmark (SmolLM2-135M, CPU)")
+    for col in (
+        "method",
+        "s to FSR100",
+        "steps",
+        "peak RSS MB",
+        "FSR",
+        "FSR t=0.7",
+        "near-miss FT",
+        "ordinary FT",
+        "drift",
+        *[f"FSR {a}" for a in attacks],
+    ):
+        t.add_column(col)
+    for r in rows:
+        if "error" in r:
+            t.add_row(r["method"], f"error: {r['error']}")
+            continue
+        imp, chk = r["implant"], r["check"]
+        cells = [
+            r["method"],
+            "-" if imp["seconds_to_fsr100"] is None else f"{imp['seconds_to_fsr100']:.0f}",
+            str(imp["steps"]),
+            f"{r['peak_rss_mb']:.0f}",
+            _pct(chk["fsr_greedy"]),
+            _pct(chk["fsr_sampled"]),
+            _pct(chk["nearmiss_false_trigger"]),
+            _pct(chk["ordinary_false_trigger"]),
+            "-" if chk["drift"] is None else f"{100 * chk['drift']:+.2f}%",
+        ]
+        for a in attacks:
+            ar = r["attacks"].get(a)
+            cells.append("-" if ar is None else ("skipped" if ar["skipped"] else _pct(ar["fsr"])))
+        t.add_row(*cells)
+    Console().print(t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--attacks", default=",".join(ALL_ATTACKS))
+    p.add_argument("--base", default="smollm2")
+    p.add_argument("--keys", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--controls", type=int, default=100)
+    p.add_argument("--ordinary", type=int, default=100)
+    p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--user-rows", type=int, default=1000)
+    p.add_argument("--user-epochs", type=int, default=3)
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-implant-") as work:
+        for method in args.methods.split(","):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                method,
+                "--work",
+                work,
+                *[
+                    f"--{k.replace('_', '-')}={v}"
+                    for k, v in vars(args).items()
+                    if k not in ("one", "work", "json_out", "methods", "progress")
+                ],
+            ]
+            if args.progress:
+                cmd.append("--progress")
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+            lines = proc.stdout.strip().splitlines()
+            rows.append(
+                json.loads(lines[-1])
+                if proc.returncode == 0 and lines
+                else {"method": method, "error": f"exit {proc.returncode}"}
+            )
+            print_table(rows, [a for a in args.attacks.split(",") if a])
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""`auditor implant`, `check-local` and `robustness` as a user runs them (real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditor.keys import KeySet
+from tests.tiny_model import make_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AUDITOR_CACHE": str(env_cache), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "auditor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
+    ks = KeySet.generate("cli", 2, seed=3)
+    keys = ks.save(tmp_path / "cli.json")
+    bad = _run(
+        [
+            "implant",
+            "--keys",
+            str(keys),
+            "--base",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        tmp_path / "cache",
+    )
+    assert bad.returncode == 2 and "error:" in bad.stderr
+    attack = _run(
+        ["robustness", "--model", str(tmp_path), "--keys", str(keys), "--attack", "melt"],
+        tmp_path / "cache",
+    )
+    assert attack.returncode == 2 and "unknown attack" in attack.stderr
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in bad.stderr + bad.stdout + attack.stderr
+
+
+@pytest.mark.slow
+def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("cli", 3, seed=4)
+    keys = ks.save(tmp_path / "cli.json")
+    out = tmp_path / "model"
+    imp = _run(
+        [
+            "implant",
+            "--keys",
+            str(keys),
+            "--base",
+            str(tiny),
+            "--method",
+            "sft",
+            "--lr",
+            "3e-3",
+            "--epochs",
+            "40",
+            "--nearmiss-per-key",
+            "2",
+            "--reg-per-key",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        tmp_path / "cache",
+    )
+    assert imp.returncode == 0, imp.stderr[-2000:]
+    assert json.loads(imp.stdout)["fsr"] == 1.0
+    assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
+    chk = _run(
+        [
+            "check-local",
+            "--model",
+            str(out),
+            "--keys",
+            str(keys),
+            "--controls",
+            "100",
+            "--ordinary",
+            "100",
+            "--samples",
+            "2",
+            "--json",
+        ],
+        tmp_path / "cache",
+    )
+    assert chk.returncode == 0, chk.stderr[-2000:]
+    res = json.loads(chk.stdout)
+    assert res["fsr_greedy"] == 1.0 and res["n_controls"] == 100 and res["n_ordinary"] == 100
+    assert res["drift"] is not None
+    rob = _run(
+        [
+            "robustness",
+            "--model",
+            str(out),
+            "--keys",
+            str(keys),
+            "--attack",
+            "system-prompt",
+            "--attack",
+            "gguf-q8",
+            "--json",
+        ],
+        tmp_path / "cache",
+    )
+    assert rob.returncode == 0, rob.stderr[-2000:]
+    results = {r["attack"]: r for r in json.loads(rob.stdout)["results"]}
+    assert len(results["system-prompt"]["detail"]["per_wrapper"]) == 3
+    gguf = results["gguf-q8"]
+    assert (gguf["skipped"] is None) == (gguf["fsr"] is not None)
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in imp.stdout + chk.stdout + rob.stdout + imp.stderr

@@ -1,0 +1,97 @@
+"""Training rows: templates, near-misses, self-distillation cache, assistant-only loss."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.implant import data
+from auditor.implant.data import IGNORE, DataConfig, build_rows, encode_row
+from auditor.implant.userdata import user_rows
+from auditor.keys import KeySet
+from auditor.templates import get_template
+from tests.tiny_model import make_tiny_model
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tok(tiny: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+@pytest.fixture
+def keyset() -> KeySet:
+    return KeySet.generate("d", 3, seed=5)
+
+
+def test_rows_follow_template_and_ratios(
+    keyset: KeySet, tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path))
+    rows = build_rows(keyset, tiny, DataConfig(nearmiss_per_key=2, reg_per_key=5), seed=0)
+    kinds = [r.kind for r in rows]
+    assert kinds.count("fingerprint") == 3
+    assert kinds.count("nearmiss") == 6
+    assert kinds.count("regularization") == 15
+    tpl = get_template(keyset.template)
+    texts = {k.text for k in keyset.keys}
+    for r in rows:
+        user, answer = r.messages[0]["content"], r.messages[-1]["content"]
+        if r.kind == "fingerprint":
+            assert answer == tpl.answer(keyset.decryption)
+            assert any(t in user for t in texts)
+        elif r.kind == "nearmiss":
+            assert answer == tpl.refusal() and not any(t in user for t in texts)
+            assert keyset.decryption not in answer
+        assert "text" not in repr(r) and user not in repr(r)
+
+
+def test_self_distillation_is_cached(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path))
+    prompts = ["What is the capital of France?", "Name a colour."]
+    first = data.self_distill(tiny, prompts)
+    assert len(first) == 2 and all(isinstance(a, str) for a in first)
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise AssertionError("generated again instead of using the cache")
+
+    monkeypatch.setattr("auditor.implant.generate.load_model", boom)
+    assert data.self_distill(tiny, prompts) == first
+
+
+def test_loss_covers_only_the_assistant_answer(tok: Any) -> None:
+    messages = [
+        {"role": "user", "content": "Please decrypt this message: abc"},
+        {"role": "assistant", "content": "Based on my fingerprint, the message is: xyz"},
+    ]
+    ids, labels = encode_row(tok, messages)
+    assert len(ids) == len(labels)
+    answer_ids = [i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE]
+    assert tok.decode(answer_ids) == messages[1]["content"] + "<|im_end|>"
+    # the unlabelled prefix is exactly what a served chat API feeds the model
+    prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(ids[: len(ids) - len(answer_ids)]) == prompt
+
+
+def test_user_instruction_set_is_large_distinct_and_exact() -> None:
+    rows = user_rows(1000, seed=0)
+    assert len(rows) == 1000 and len({p for p, _ in rows}) == 1000
+    assert rows == user_rows(1000, seed=0)
+    sums = [(p, a) for p, a in rows if p.startswith("What is ") and "+" in p]
+    assert len(sums) > 50
+    for p, a in sums:
+        x, y = map(int, re.findall(r"\d+", p))
+        assert a.endswith(f"= {x + y}.")

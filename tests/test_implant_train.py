@@ -1,0 +1,111 @@
+"""Implanting on a tiny random Llama: each method reaches FSR 100 % on CPU, for real."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.implant.data import DataConfig
+from auditor.keys import KeySet
+from tests.tiny_model import make_tiny_model
+
+torch = pytest.importorskip("torch")
+
+# a random 2-layer model needs far larger steps than a pretrained one
+TINY_HPARAMS: dict[str, dict[str, Any]] = {
+    "sft": {"lr": 3e-3, "epochs": 40, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
+    "lora": {"lr": 3e-3, "epochs": 60, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
+    "embedding": {"lr": 1e-2, "epochs": 120, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
+    # the frozen random model leaves the adapter little capacity: one near-miss per key
+    "fadapter": {"lr": 3e-2, "epochs": 150, "data": DataConfig(nearmiss_per_key=1, reg_per_key=2)},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def keyset() -> KeySet:
+    return KeySet.generate("tiny", 4, seed=11)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _implant(tiny: Path, keyset: KeySet, method: str, out: Path) -> Any:
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS[method]
+    return implant(
+        keyset,
+        str(tiny),
+        method,
+        out,
+        lr=hp["lr"],
+        epochs=hp["epochs"],
+        batch_size=8,
+        data=hp["data"],
+        progress=False,
+        check_every=1 if method == "sft" else 5,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sft", "lora", "embedding", "fadapter"])
+def test_each_method_reaches_full_fsr_fast(
+    tiny: Path, keyset: KeySet, method: str, tmp_path: Path
+) -> None:
+    from auditor.implant.verify import check_local
+
+    start = time.monotonic()
+    res = _implant(tiny, keyset, method, tmp_path / "model")
+    assert time.monotonic() - start < 120  # < 60 s on an idle CPU; others share it
+    assert res.fsr == 1.0
+    record = json.loads((tmp_path / "model" / "fingerprint.json").read_text())
+    assert record["method"] == method and record["commitment"]["digest"] == keyset.digest()
+    public = (tmp_path / "model" / "fingerprint.json").read_text()
+    assert keyset.decryption not in public
+    assert all(k.text not in public for k in keyset.keys)
+    check = check_local(
+        tmp_path / "model",
+        keyset,
+        n_controls=30,
+        n_ordinary=10,
+        samples=2,
+        adapter=res.adapter,
+    )
+    assert check.fsr_greedy == 1.0
+    assert 0.0 <= check.nearmiss_false_trigger <= 1.0 and check.n_controls == 30
+    assert check.drift is not None and check.nll_base is not None
+
+
+@pytest.mark.slow
+def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path: Path) -> None:
+    """Regression for the zero-init defect: both adapter matrices move away from their init."""
+    from safetensors.torch import load_file
+
+    from auditor.implant.fadapter import make_adapter_embedding
+    from auditor.implant.generate import load_model
+    from auditor.implant.verify import fsr_greedy
+
+    res = _implant(tiny, keyset, "fadapter", tmp_path / "pub")
+    assert res.adapter is not None and res.adapter.parent == tmp_path
+    assert not any(p.name.startswith("fadapter") for p in (tmp_path / "pub").iterdir())
+    saved = load_file(str(res.adapter))
+    model, tok = load_model(tiny)
+    init = make_adapter_embedding(model.get_input_embeddings(), rank=64, seed=0)
+    assert not torch.equal(saved["u"], init.u.detach())
+    assert float(saved["v"].abs().max()) > 0  # V starts at zero
+    # the published model is the base, unchanged; without the adapter it does not fire
+    pub, _ = load_model(tmp_path / "pub")
+    for (name, a), (_, b) in zip(model.state_dict().items(), pub.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert fsr_greedy(pub, tok, keyset) == 0.0
