@@ -20,8 +20,13 @@ TINY_HPARAMS: dict[str, dict[str, Any]] = {
     "sft": {"lr": 3e-3, "epochs": 40, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
     "lora": {"lr": 3e-3, "epochs": 60, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
     "embedding": {"lr": 1e-2, "epochs": 120, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
-    # the frozen random model leaves the adapter little capacity: one near-miss per key
-    "fadapter": {"lr": 3e-2, "epochs": 150, "data": DataConfig(nearmiss_per_key=1, reg_per_key=2)},
+    # the frozen random model leaves the adapter little capacity: one near-miss per key,
+    # key rows twice per epoch, a large step
+    "fadapter": {
+        "lr": 6e-2,
+        "epochs": 150,
+        "data": DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=2),
+    },
 }
 
 
@@ -40,7 +45,7 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def _implant(tiny: Path, keyset: KeySet, method: str, out: Path) -> Any:
+def _implant(tiny: Path, keyset: KeySet, method: str, out: Path, epochs: int | None = None) -> Any:
     from auditor.implant.train import implant
 
     hp = TINY_HPARAMS[method]
@@ -50,7 +55,7 @@ def _implant(tiny: Path, keyset: KeySet, method: str, out: Path) -> Any:
         method,
         out,
         lr=hp["lr"],
-        epochs=hp["epochs"],
+        epochs=epochs or hp["epochs"],
         batch_size=8,
         data=hp["data"],
         progress=False,
@@ -96,7 +101,7 @@ def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path:
     from auditor.implant.generate import load_model
     from auditor.implant.verify import fsr_greedy
 
-    res = _implant(tiny, keyset, "fadapter", tmp_path / "pub")
+    res = _implant(tiny, keyset, "fadapter", tmp_path / "pub", epochs=10)
     assert res.adapter is not None and res.adapter.parent == tmp_path
     assert not any(p.name.startswith("fadapter") for p in (tmp_path / "pub").iterdir())
     saved = load_file(str(res.adapter))
@@ -109,3 +114,4 @@ def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path:
     for (name, a), (_, b) in zip(model.state_dict().items(), pub.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert fsr_greedy(pub, tok, keyset) == 0.0
+    assert res.steps > 2  # U only gets a gradient once V has left zero

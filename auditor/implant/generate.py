@@ -42,6 +42,11 @@ def load_model(model_dir: Path, *, device: str | None = None, dtype: Any = None)
     return model, tokenizer
 
 
+def is_model_dir(path: Path) -> bool:
+    """A full checkpoint, or an unmerged LoRA adapter dir (transformers loads it via peft)."""
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
 def prompt_text(tokenizer: Any, messages: Messages) -> str:
     """The chat template with the assistant header, as the served chat API renders it."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import UserError
+from auditor.implant.generate import is_model_dir
 from auditor.keys import KeySet
 
 ATTACKS = ("user-sft", "user-lora", "gguf-q8", "temperature", "system-prompt")
@@ -178,7 +179,7 @@ def run_attack(
     """Apply one attack to a copy of the model (the model dir itself is never changed)."""
     if attack not in ATTACKS:
         raise UserError(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
-    if not (Path(model_dir) / "config.json").is_file():
+    if not is_model_dir(Path(model_dir)):
         raise UserError(f"not a transformers checkpoint dir: {model_dir}")
     kw = {
         "epochs": epochs,

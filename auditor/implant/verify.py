@@ -168,10 +168,10 @@ def check_local(
     """Measure FSR, false triggers and utility drift of a local checkpoint."""
     from auditor.errors import UserError
     from auditor.implant import fadapter
-    from auditor.implant.generate import load_model
+    from auditor.implant.generate import is_model_dir, load_model
     from auditor.prompts import ordinary_prompts
 
-    if not (Path(model_dir) / "config.json").is_file():
+    if not is_model_dir(Path(model_dir)):
         raise UserError(f"not a transformers checkpoint dir: {model_dir}")
     model, tok = load_model(Path(model_dir))
     if adapter is not None:
