@@ -73,7 +73,7 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
             "--lr",
             "3e-3",
             "--epochs",
-            "40",
+            "80",
             "--nearmiss-per-key",
             "2",
             "--reg-per-key",
