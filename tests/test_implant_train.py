@@ -115,3 +115,28 @@ def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path:
         assert torch.equal(a, b), name
     assert fsr_greedy(pub, tok, keyset) == 0.0
     assert res.steps > 2  # U only gets a gradient once V has left zero
+
+
+@pytest.mark.slow
+def test_lora_kept_separate_loads_and_fires(tiny: Path, keyset: KeySet, tmp_path: Path) -> None:
+    from auditor.implant.generate import load_model
+    from auditor.implant.train import implant
+    from auditor.implant.verify import fsr_greedy
+
+    hp = TINY_HPARAMS["lora"]
+    out = tmp_path / "lora"
+    res = implant(
+        keyset,
+        str(tiny),
+        "lora",
+        out,
+        lr=hp["lr"],
+        epochs=hp["epochs"],
+        data=hp["data"],
+        progress=False,
+        check_every=5,
+        merge_lora=False,
+    )
+    assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
+    model, tok = load_model(out)  # transformers resolves the base through peft
+    assert fsr_greedy(model, tok, keyset) == res.fsr == 1.0
