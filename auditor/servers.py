@@ -76,7 +76,7 @@ class Server:
         raise AuditFailed(f"server {self.name} not ready after {timeout_s:.0f} s; "
                           f"see {self.log_path}")
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
