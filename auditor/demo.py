@@ -96,8 +96,8 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
 
     from auditor.implant.train import implant
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", category=FutureWarning)
     out = opts.root / "models" / f"demo-{ks.digest()[:12]}-{opts.method}"
     marker = out / "fingerprint.json"
