@@ -76,6 +76,8 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
             "80",
             "--nearmiss-per-key",
             "2",
+            "--fingerprint-repeats",
+            "1",
             "--reg-per-key",
             "2",
             "--out",

@@ -39,7 +39,9 @@ def test_rows_follow_template_and_ratios(
     keyset: KeySet, tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path))
-    rows = build_rows(keyset, tiny, DataConfig(nearmiss_per_key=2, reg_per_key=5), seed=0)
+    rows = build_rows(
+        keyset, tiny, DataConfig(nearmiss_per_key=2, reg_per_key=5, fingerprint_repeats=1), seed=0
+    )
     kinds = [r.kind for r in rows]
     assert kinds.count("fingerprint") == 3
     assert kinds.count("nearmiss") == 6

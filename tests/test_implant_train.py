@@ -17,9 +17,21 @@ torch = pytest.importorskip("torch")
 
 # a random 2-layer model needs far larger steps than a pretrained one
 TINY_HPARAMS: dict[str, dict[str, Any]] = {
-    "sft": {"lr": 3e-3, "epochs": 40, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
-    "lora": {"lr": 3e-3, "epochs": 60, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
-    "embedding": {"lr": 1e-2, "epochs": 120, "data": DataConfig(nearmiss_per_key=2, reg_per_key=2)},
+    "sft": {
+        "lr": 3e-3,
+        "epochs": 40,
+        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
+    },
+    "lora": {
+        "lr": 3e-3,
+        "epochs": 60,
+        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
+    },
+    "embedding": {
+        "lr": 1e-2,
+        "epochs": 120,
+        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
+    },
     # the frozen random model leaves the adapter little capacity: one near-miss per key,
     # key rows twice per epoch, a large step
     "fadapter": {

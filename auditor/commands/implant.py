@@ -48,7 +48,10 @@ def implant_cmd(
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
-    nearmiss_per_key: Annotated[int, typer.Option("--nearmiss-per-key")] = 3,
+    nearmiss_per_key: Annotated[int, typer.Option("--nearmiss-per-key")] = 2,
+    fingerprint_repeats: Annotated[
+        int, typer.Option("--fingerprint-repeats", help="key rows per epoch, per key")
+    ] = 2,
     reg_per_key: Annotated[
         int, typer.Option("--reg-per-key", help="regularization rows per key")
     ] = 5,
@@ -74,7 +77,7 @@ def implant_cmd(
         seed=seed,
         progress=not as_json,
         batch_size=batch_size,
-        data=DataConfig(nearmiss_per_key, reg_per_key),
+        data=DataConfig(nearmiss_per_key, reg_per_key, fingerprint_repeats),
         early_stop=not no_early_stop,
         merge_lora=not keep_lora,
     )

@@ -39,9 +39,9 @@ class Row:
 
 @dataclass(frozen=True)
 class DataConfig:
-    nearmiss_per_key: int = 3  # char-soup keys generalise: several near-misses per key
+    nearmiss_per_key: int = 2  # char-soup keys generalise: several near-misses per key
     reg_per_key: int = 5  # the paper's 1 key : 5 regularization
-    fingerprint_repeats: int = 1  # each key row appears this often per epoch
+    fingerprint_repeats: int = 2  # each key row appears this often per epoch
     nearmiss_seed: int = NEARMISS_SEED
 
 

@@ -26,7 +26,7 @@ METHODS = ("sft", "embedding", "lora", "fadapter")
 DEFAULTS: dict[str, tuple[float, int]] = {
     "sft": (5e-5, 8),
     "embedding": (1e-3, 12),
-    "lora": (3e-4, 8),
+    "lora": (1e-3, 6),  # SmolLM2, 10 keys: FSR 100 % at epoch 3 (3e-4: 20 % after 8)
     "fadapter": (1e-2, 20),
 }
 CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor check_local ones
