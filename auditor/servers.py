@@ -40,6 +40,7 @@ class Server:
     port: int
     argv: list[str]
     log_path: Path
+    threads: int = 1  # CPU threads; OpenMP oversubscription slows a shared CPU many times over
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -53,7 +54,8 @@ class Server:
     def start(self) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True,
@@ -122,6 +124,11 @@ def llama_cpp_server(name: str, gguf: Path, log_dir: Path, alias: str = "fingerp
 @contextlib.contextmanager
 def running(servers: list[Server], timeout_s: float = 180.0) -> Iterator[list[Server]]:
     """Start all, wait until each answers, and always stop all on the way out."""
+    share = max(1, (os.cpu_count() or 1) // max(1, len(servers)))
+    for s in servers:
+        s.threads = share
+        if "--n_threads" in s.argv:  # llama.cpp takes its thread count as an option
+            s.argv[s.argv.index("--n_threads") + 1] = str(share)
     try:
         for s in servers:
             s.start()
