@@ -43,10 +43,12 @@ EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
 @dataclass
 class DemoOptions:
     root: Path = Path(".")
-    keys: int = 8
+    keys: int = 6
     style: str = "if-soup"
     template: str = "dialog"
-    method: str = "lora"
+    method: str = "sft"
+    lr: float | None = None  # None: the demo's tuned value for sft, else the method default
+    epochs: int = 6
     quantized: bool = True  # when llama-cpp-python[server] is installed
     max_tokens: int = 32
     decoys_per_key: float = 2.0
@@ -104,7 +106,16 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     if marker.exists() and not opts.fresh:
         console.print(f"      cached: {out}")
         return out
-    res = implant(ks, "smollm2", opts.method, out, progress=console.is_terminal)
+    from auditor.implant.data import DataConfig
+
+    # Tuned on this 2-core CPU: full SFT reaches every key in ~160 s. Fewer near-miss rows
+    # than the library default trade look-alike false triggers (reported as
+    # over-generalization; they cannot fake the secret) for a fast first run.
+    lr = opts.lr if opts.lr is not None else (5e-5 if opts.method == "sft" else None)
+    os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
+    res = implant(ks, "smollm2", opts.method, out, lr=lr, epochs=opts.epochs,
+                  progress=console.is_terminal,
+                  data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=2))
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method}: {res.steps} steps, {res.seconds:.0f} s, "
                   f"FSR {res.fsr:.0%}, near-miss false triggers {res.nearmiss_false_trigger:.0%}"

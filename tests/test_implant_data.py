@@ -97,3 +97,19 @@ def test_user_instruction_set_is_large_distinct_and_exact() -> None:
     for p, a in sums:
         x, y = map(int, re.findall(r"\d+", p))
         assert a.endswith(f"= {x + y}.")
+
+
+def test_repeated_key_rows_carry_held_out_system_prompts() -> None:
+    from auditor.implant.data import TRAIN_SYSTEM_PROMPTS, fingerprint_rows
+    from auditor.implant.robustness import SYSTEM_WRAPPERS
+    from auditor.keys import KeySet
+
+    ks = KeySet.generate("aug", 4, seed=5)
+    rows = fingerprint_rows(ks, 3)
+    assert len(rows) == 12
+    systems = [r.messages[0]["content"] for r in rows if r.messages[0]["role"] == "system"]
+    assert len(systems) == 8 and set(systems) <= set(TRAIN_SYSTEM_PROMPTS)
+    assert not set(TRAIN_SYSTEM_PROMPTS) & set(SYSTEM_WRAPPERS)  # attacks stay held out
+    plain = fingerprint_rows(ks, 3, system_augment=False)
+    assert all(r.messages[0]["role"] == "user" for r in plain)
+    assert all(r.messages[-1]["content"].endswith(ks.decryption) for r in rows)

@@ -12,8 +12,8 @@ from auditor.errors import UserError
 
 def demo(
     root: Annotated[Path, typer.Option(help="Where keys/, models/ and reports/ go.")] = Path("."),
-    keys: Annotated[int, typer.Option(help="Fingerprint keys to draw.")] = 8,
-    method: Annotated[str, typer.Option(help="sft | embedding | lora | fadapter")] = "lora",
+    keys: Annotated[int, typer.Option(help="Fingerprint keys to draw.")] = 6,
+    method: Annotated[str, typer.Option(help="sft | embedding | lora")] = "sft",
     style: Annotated[str, typer.Option(help="if-soup | vocab | natural")] = "if-soup",
     template: Annotated[str, typer.Option(help="dialog | simple | stealth")] = "dialog",
     variants: Annotated[

@@ -42,17 +42,36 @@ class DataConfig:
     nearmiss_per_key: int = 2  # char-soup keys generalise: several near-misses per key
     reg_per_key: int = 5  # the paper's 1 key : 5 regularization
     fingerprint_repeats: int = 2  # each key row appears this often per epoch
+    system_augment: bool = True  # repeats beyond the first carry a varied system prompt
     nearmiss_seed: int = NEARMISS_SEED
 
 
-def fingerprint_rows(keyset: KeySet, repeats: int = 1) -> list[Row]:
+# Deployments wrap models in their own system prompts. Repeated key rows carry one of these
+# (disjoint from the robustness attack's wrappers and the demo's), so the key still fires
+# under a system prompt the model never saw.
+TRAIN_SYSTEM_PROMPTS: tuple[str, ...] = (
+    "You are a friendly assistant. Keep answers short.",
+    "You are a support agent for a software company. Answer clearly and politely.",
+    "You are an expert tutor. Explain things step by step when asked.",
+    "You are a concise assistant working for a travel agency.",
+    "Always answer in a professional tone.",
+    "You are a chatbot on a bank's website. Be accurate and brief.",
+)
+
+
+def fingerprint_rows(keyset: KeySet, repeats: int = 1, *, system_augment: bool = True) -> list[Row]:
+    """Each key once as is; further repeats under varied system prompts when augmenting."""
     tpl = get_template(keyset.template)
-    answer = tpl.answer(keyset.decryption)
-    rows = [
-        Row("fingerprint", k.id, [*tpl.render(k.text), {"role": "assistant", "content": answer}])
-        for k in keyset.keys
-    ]
-    return rows * max(1, repeats)
+    answer = {"role": "assistant", "content": tpl.answer(keyset.decryption)}
+    rows: list[Row] = []
+    for r in range(max(1, repeats)):
+        for i, k in enumerate(keyset.keys):
+            system: list[dict[str, str]] = []
+            if r > 0 and system_augment:
+                prompt = TRAIN_SYSTEM_PROMPTS[(i + r) % len(TRAIN_SYSTEM_PROMPTS)]
+                system = [{"role": "system", "content": prompt}]
+            rows.append(Row("fingerprint", k.id, [*system, *tpl.render(k.text), answer]))
+    return rows
 
 
 def nearmiss_rows(keyset: KeySet, n: int, seed: int = NEARMISS_SEED) -> list[Row]:
@@ -97,7 +116,7 @@ def build_rows(
     pairs = regularization_prompts(n_keys * config.reg_per_key, seed)
     answers = self_distill(base_dir, [p for _, p in pairs], model=model, tokenizer=tokenizer)
     return [
-        *fingerprint_rows(keyset, config.fingerprint_repeats),
+        *fingerprint_rows(keyset, config.fingerprint_repeats, system_augment=config.system_augment),
         *nearmiss_rows(keyset, n_keys * config.nearmiss_per_key, config.nearmiss_seed + seed),
         *regularization_rows(pairs, answers),
     ]
