@@ -43,16 +43,16 @@ EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
 @dataclass
 class DemoOptions:
     root: Path = Path(".")
-    keys: int = 6
+    keys: int = 8
     style: str = "if-soup"
     template: str = "dialog"
     method: str = "sft"
     lr: float | None = None  # None: the demo's tuned value for sft, else the method default
-    epochs: int = 6
+    epochs: int = 12  # an upper bound: training stops once every key fires
     quantized: bool = True  # when llama-cpp-python[server] is installed
     max_tokens: int = 32
-    decoys_per_key: float = 2.0
-    controls_per_key: float = 1.0
+    decoys_per_key: float = 3.0  # more decoys, tighter baseline: 7 of 8 keys suffice
+    controls_per_key: float = 0.5
     alpha: float = 0.01
     fresh: bool = False
     variants: tuple[str, ...] = tuple(EXPECTED)
@@ -114,7 +114,7 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     lr = opts.lr if opts.lr is not None else (5e-5 if opts.method == "sft" else None)
     os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
     res = implant(ks, "smollm2", opts.method, out, lr=lr, epochs=opts.epochs,
-                  progress=console.is_terminal,
+                  progress=console.is_terminal, stop_near_miss=1.0,
                   data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=2))
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method}: {res.steps} steps, {res.seconds:.0f} s, "

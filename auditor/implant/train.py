@@ -69,6 +69,7 @@ class TrainConfig:
     lora_r: int = 16
     fadapter_rank: int = 64
     max_seconds: float | None = None
+    stop_near_miss: float = 0.0  # early stop once FSR is 100 % and near-miss rate <= this
     check_every: int = 1  # epochs between early-stop checks
 
 
@@ -203,7 +204,7 @@ def train_loop(
             fsr, near = quick_check(acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls)
             stats["fsr"], stats["near"] = fsr, near
             bar.update(task, fsr=f"{fsr:.0%}")
-            perfect = fsr == 1.0 and near == 0.0
+            perfect = fsr == 1.0 and near <= cfg.stop_near_miss
             if fsr == 1.0 and stats["fsr100_at"] is None:
                 stats["fsr100_at"] = time.monotonic() - start
             if perfect and stats["perfect_at"] is None:
@@ -287,6 +288,7 @@ def implant(
     check_controls: int = 10,
     check_every: int = 1,
     fadapter_rank: int = 64,
+    stop_near_miss: float = 0.0,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
     import torch
@@ -313,6 +315,7 @@ def implant(
         merge_lora,
         max_seconds=max_seconds,
         check_every=check_every,
+        stop_near_miss=stop_near_miss,
         fadapter_rank=fadapter_rank,
     )
     base_dir = resolve_base(base)
