@@ -43,7 +43,7 @@ EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
 @dataclass
 class DemoOptions:
     root: Path = Path(".")
-    keys: int = 8
+    keys: int = 6
     style: str = "if-soup"
     template: str = "dialog"
     method: str = "sft"
@@ -51,7 +51,7 @@ class DemoOptions:
     epochs: int = 12  # an upper bound: training stops once every key fires
     quantized: bool = True  # when llama-cpp-python[server] is installed
     max_tokens: int = 32
-    decoys_per_key: float = 3.0  # more decoys, tighter baseline: 7 of 8 keys suffice
+    decoys_per_key: float = 3.0  # more decoys, a tighter baseline for few keys
     controls_per_key: float = 0.5
     alpha: float = 0.01
     fresh: bool = False
