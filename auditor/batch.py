@@ -49,7 +49,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "spec": (str,), "provider": (str,), "model": (str,), "base_url": (str,),
     "credential_env": (str,), "keys": (str,), "concurrency": (int,), "rpm": (int, float),
     "max_queries": (int,), "temperature": (int, float), "system_prompt": (str,),
-    "timeout_s": (int, float),
+    "timeout_s": (int, float), "samples": (int,),
 }
 
 
@@ -60,9 +60,12 @@ class BatchEntry:
     max_queries: int | None = None
     temperature: float | None = None
     system_prompt: str | None = None
+    samples: int | None = None  # samples per prompt (e.g. several when sampling at t > 0)
 
     def settings(self, base: CampaignSettings) -> CampaignSettings:
         s = base
+        if self.samples is not None:
+            s = replace(s, samples=self.samples)
         if self.max_queries is not None:
             s = replace(s, max_queries=self.max_queries)
         if self.temperature is not None:
@@ -108,8 +111,11 @@ def _entry(raw: Mapping[str, Any], where: str, default_keys: str | None) -> Batc
     temp = raw.get("temperature")
     if temp is not None and not 0.0 <= float(temp) <= 2.0:
         raise UserError(f"{where}: temperature must be between 0 and 2")
+    if "samples" in raw and raw["samples"] < 1:
+        raise UserError(f"{where}: samples must be at least 1")
     return BatchEntry(ep, str(keys), raw.get("max_queries"),
-                      float(temp) if temp is not None else None, raw.get("system_prompt"))
+                      float(temp) if temp is not None else None, raw.get("system_prompt"),
+                      raw.get("samples"))
 
 
 def load_batch(path: Path, default_keys: str | None = None) -> list[BatchEntry]:

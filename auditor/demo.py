@@ -8,6 +8,7 @@ verify. Everything heavy is imported inside the functions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -194,8 +195,9 @@ def _entries(opts: DemoOptions, servers: list[Server], key_file: Path) -> list[B
         srv = by_name[server]
         # transformers serve answers one request at a time: queueing more only adds latency
         ep = EndpointConfig(name=name, spec=srv.spec, concurrency=1, timeout_s=300.0)
+        # at t > 0 a careful auditor samples each prompt 3 times (a key counts if any fires)
         entries.append(BatchEntry(ep, str(key_file), temperature=temperature,
-                                  system_prompt=system))
+                                  system_prompt=system, samples=3 if temperature else None))
     return entries
 
 
@@ -279,11 +281,12 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> bool:
         ks, key_file = _keyset(opts, console)
     with _Step(console, opts, 3, total, f"implant ({opts.method})"):
         fp_dir = _implanted(opts, ks, console)
-    with _Step(console, opts, 4, total, "start real servers on 127.0.0.1"):
-        servers = _servers(opts, fp_dir, base_dir, console)
-    with running(servers) as live:
-        for s in live:
-            console.print(f"      {s.name}: {s.base_url} ({' '.join(s.argv[:2])} …)")
+    with contextlib.ExitStack() as stack:  # the servers stop however the audit ends
+        with _Step(console, opts, 4, total, "start real servers on 127.0.0.1"):
+            live = stack.enter_context(running(_servers(opts, fp_dir, base_dir, console)))
+            for s in live:
+                kind = "llama.cpp server" if "llama_cpp.server" in s.argv else "transformers serve"
+                console.print(f"      {s.name}: {s.base_url} ({kind})")
         entries = _entries(opts, live, key_file)
         with _Step(console, opts, 5, total, f"batch audit of {len(entries)} endpoints"):
             done = _audit(opts, ks, entries, console)
