@@ -37,7 +37,8 @@ TINY_HPARAMS: dict[str, dict[str, Any]] = {
     "fadapter": {
         "lr": 6e-2,
         "epochs": 150,
-        "data": DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=2),
+        "data": DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=2,
+                           system_augment=False),
     },
 }
 
