@@ -60,6 +60,9 @@ spec = "compat:{plain.url}/v1#fake-model"
         assert verify_bundle(b).ok
         report = json.loads((b / "report.json").read_text())
         assert report["correction"] == "holm" and report["batch_size"] == 2
+        # each endpoint stops at alpha/m, so its claim survives Holm at alpha
+        assert report["alpha"] == 0.01
+        assert report["analysis"]["settings"]["alpha"] == pytest.approx(0.005)
         verdicts[report["endpoint_id"]] = report["verdict"]
     assert verdicts == {"suspect-a": "OWNED", "suspect-b": "NOT DETECTED"}
     assert all(k.text not in proc.stdout + proc.stderr for k in ks.keys)

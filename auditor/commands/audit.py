@@ -253,8 +253,10 @@ def batch(
         raise UserError("--correction must be holm or bh")
     entries = load_batch(file, str(keys) if keys else None)
     keysets = load_keysets(entries)
-    base = _settings(None, controls, decoys, samples, [0.0], max_tokens, None, None, alpha,
-                     key_rule, sequential)
+    # Each endpoint stops early at alpha/m: a claim that clears it also clears the batch
+    # correction at alpha (stopping at alpha itself can leave a claim short after Holm)
+    base = _settings(None, controls, decoys, samples, [0.0], max_tokens, None, None,
+                     alpha / max(1, len(entries)), key_rule, sequential)
     if dry_run:
         _print_plan([build_plan("dry-run", e.endpoint, keysets[e.key_file], e.key_file,
                                 e.settings(base)) for e in entries], console)
