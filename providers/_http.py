@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
@@ -187,20 +188,39 @@ def completion_prompt(messages: Sequence[Message], params: SampleParams) -> str:
     return "\n\n".join(parts)
 
 
+# OpenAI reasoning models (o1, o3, o4-mini, gpt-5...): only the default temperature, and
+# max_completion_tokens, which also pays for hidden reasoning tokens
+_REASONING = re.compile(r"^(o\d|gpt-5)", re.IGNORECASE)
+REASONING_ALLOWANCE = 1024
+
+
+def is_reasoning_model(model: str) -> bool:
+    """``o4-mini``, ``gpt-5``, fine-tunes of them (``ft:o4-mini:org::id``), ``org/o3``."""
+    name = model.rpartition("/")[2]
+    return bool(_REASONING.match(name.removeprefix("ft:")))
+
+
 def openai_payload(model: str, messages: Sequence[Message], params: SampleParams,
-                   *, legacy: bool) -> dict[str, Any]:
-    """The JSON body for ``/chat/completions`` (or ``/completions`` when ``legacy``)."""
-    payload: dict[str, Any] = {"model": model, "temperature": params.temperature,
-                               "max_tokens": params.max_tokens}
+                   *, legacy: bool, reasoning: bool = False) -> dict[str, Any]:
+    """The JSON body for ``/chat/completions`` (or ``/completions`` when ``legacy``).
+
+    ``reasoning``: the model rejects sampling parameters, so none are sent (the record
+    shows it), and the token limit leaves room for hidden reasoning.
+    """
+    payload: dict[str, Any] = {"model": model}
+    if reasoning and not legacy:
+        payload["max_completion_tokens"] = params.max_tokens + REASONING_ALLOWANCE
+    else:
+        payload.update(temperature=params.temperature, max_tokens=params.max_tokens)
     if legacy:
         payload["prompt"] = completion_prompt(messages, params)
     else:
         payload["messages"] = chat_messages(messages, params)
-    if params.top_p is not None:
+    if params.top_p is not None and not reasoning:
         payload["top_p"] = params.top_p
     if params.seed is not None:
         payload["seed"] = params.seed
-    if params.stop:
+    if params.stop and not reasoning:
         payload["stop"] = list(params.stop)
     return payload
 

@@ -14,6 +14,7 @@ from providers._http import (
     MAX_RESPONSE_BYTES,
     Redactor,
     decode_json,
+    is_reasoning_model,
     openai_payload,
     parse_openai,
     quiet_sdk_request_logs,
@@ -35,6 +36,7 @@ class OpenAIProvider:
         quiet_sdk_request_logs("openai")
         self.model = model
         self.legacy = legacy_completions
+        self.reasoning = is_reasoning_model(model)
         self.base_url = base_url
         kind = "openai-completions" if legacy_completions else "openai"
         self.endpoint_id = endpoint_id or f"{kind}:{model}"
@@ -48,7 +50,8 @@ class OpenAIProvider:
         return f"OpenAIProvider(endpoint_id={self.endpoint_id!r})"
 
     async def generate(self, messages: Sequence[Message], params: SampleParams) -> Completion:
-        payload = openai_payload(self.model, messages, params, legacy=self.legacy)
+        payload = openai_payload(self.model, messages, params, legacy=self.legacy,
+                                 reasoning=self.reasoning)
         redact = self._redact.extend(m.content for m in messages)
         timeout = min(self.timeout_s, params.timeout_s)
         t0 = time.monotonic()

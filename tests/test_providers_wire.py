@@ -90,6 +90,24 @@ async def test_success_round_trip(kind: str, server: FakeLLMServer) -> None:
     assert p.endpoint_id.startswith(kind) and CANARY_KEY not in p.endpoint_id + repr(p)
 
 
+@pytest.mark.parametrize("model", ["o4-mini", "gpt-5-mini", "ft:o3:acme::x1"])
+async def test_reasoning_models_get_their_parameters(model: str, server: FakeLLMServer) -> None:
+    """Reasoning models reject temperature/stop and need max_completion_tokens."""
+    p = make_provider(f"openai:{model}", base_url=server.url + "/v1")
+    params = SampleParams(temperature=0.0, max_tokens=20, top_p=0.9, stop=("##",))
+    c = await p.generate(MSGS, params)
+    await p.aclose()
+    body = server.requests[0].json
+    assert body["max_completion_tokens"] >= 20
+    assert not {"temperature", "max_tokens", "top_p", "stop"} & set(body)
+    assert c.text == "pong ping" and c.raw_request == body  # the record shows what was sent
+    plain = make_provider("openai:gpt-4o-mini", base_url=server.url + "/v1")
+    await plain.generate(MSGS, params)
+    await plain.aclose()
+    assert server.requests[1].json["temperature"] == 0.0
+    assert server.requests[1].json["max_tokens"] == 20
+
+
 @pytest.mark.parametrize("spec", ["openai-completions:base-test", "compat-completions"])
 async def test_legacy_completions(spec: str, server: FakeLLMServer) -> None:
     if spec == "compat-completions":
