@@ -116,6 +116,20 @@ def test_flipped_byte_in_the_store_file_names_its_record(work: Path) -> None:
     assert check.reason.startswith(f"record {target}:")
 
 
+def test_verify_store_cli_passes_then_names_the_edited_record(work: Path) -> None:
+    store = work / "ev.sqlite"
+    ok = run_cli("verify-store", str(store), cwd=work)
+    assert ok.code == 0 and "PASS: 2 audit chain(s) intact" in ok.out, ok.both
+    aid = _audit_ids(store)[1]
+    _sql(store, f"UPDATE records SET hit = 1 - hit WHERE audit_id = '{aid}' AND seq = 3")
+    bad = run_cli("verify-store", str(store), cwd=work)
+    assert bad.code == 1 and "FAIL at record 3" in bad.out and "1 of 2" in bad.out, bad.both
+    only = run_cli("verify-store", str(store), "--audit", _audit_ids(store)[0], cwd=work)
+    assert only.code == 0, only.both
+    missing = run_cli("verify-store", str(work / "nope.sqlite"), cwd=work)
+    assert missing.code == 2 and not (work / "nope.sqlite").exists(), missing.both
+
+
 @pytest.mark.parametrize("how", ["delete", "swap"])
 def test_deleted_or_reordered_record_stops_a_resume(work: Path, how: str) -> None:
     store = work / "ev.sqlite"

@@ -1,4 +1,4 @@
-"""`auditor report DIR`, `auditor verify DIR`, `auditor plan`: bundles and planning."""
+"""`auditor report DIR`, `verify DIR`, `verify-store`, `plan`: bundles, stores, planning."""
 
 from __future__ import annotations
 
@@ -54,6 +54,44 @@ def verify_cmd(
     raise typer.Exit(1)
 
 
+def verify_store_cmd(
+    store: Annotated[Path, typer.Argument(help="An evidence store (SQLite).")] = Path(
+        "reports/evidence.sqlite"),
+    audit: Annotated[str | None, typer.Option(help="Only this audit id.")] = None,
+) -> None:
+    """Check every audit's hash chain in an evidence store; names the first bad record."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from auditor.evidence import EvidenceStore
+
+    if not store.is_file():
+        raise UserError(f"no evidence store at {store}")
+    con = Console(highlight=False)
+    table = Table(title=f"evidence store {store}")
+    for col in ("audit", "endpoint", "status", "records", "quarantined", "chain head", "check"):
+        table.add_column(col)
+    bad = 0
+    with EvidenceStore(store) as ev:
+        rows = [ev.audit(audit)] if audit else ev.audits()
+        for row in rows:
+            check = ev.verify(row.audit_id)
+            held = len(ev.quarantined(row.audit_id))
+            verdict = Text("ok", "green") if check.ok else \
+                Text(f"FAIL at record {check.first_bad_seq}: {check.reason}", "red")
+            bad += not check.ok
+            table.add_row(Text(row.audit_id), Text(row.endpoint_id), row.status,
+                          str(check.count), str(held), check.head[:16], verdict)
+    con.print(table)
+    if not rows:
+        con.print("no audits in this store")
+    if bad:
+        con.print(f"[bold red]FAIL[/]: {bad} of {len(rows)} audit chain(s) broken")
+        raise typer.Exit(1)
+    con.print(f"[bold green]PASS[/]: {len(rows)} audit chain(s) intact")
+
+
 def plan_cmd(
     keys: Annotated[int, typer.Option("--keys", help="Keys in the set (queries available).")],
     fsr: Annotated[float, typer.Option(help="Expected fingerprint success rate, 0-1.")] = 0.5,
@@ -99,4 +137,5 @@ def register(app: typer.Typer) -> None:
     """Add `report`, `verify` and `plan`."""
     app.command("report")(report_cmd)
     app.command("verify")(verify_cmd)
+    app.command("verify-store")(verify_store_cmd)
     app.command("plan")(plan_cmd)
