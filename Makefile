@@ -29,7 +29,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check auditor providers tests bench
-	$(VENV)/bin/mypy --strict auditor providers
+	$(VENV)/bin/mypy --strict auditor providers bench
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

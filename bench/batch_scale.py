@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.throughput import machine  # noqa: E402
+from bench.machine import machine  # noqa: E402
 
 
 def main() -> None:

@@ -26,12 +26,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
+
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
+DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Child: implant one method, check it, attack it; return the figures."""
+    from auditor.implant.data import DataConfig
     from auditor.implant.robustness import run_attack
     from auditor.implant.train import implant
     from auditor.implant.verify import check_local
@@ -41,7 +45,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     out = work / f"model-{args.one}"
     t0 = time.monotonic()
-    res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress)
+    data = DataConfig(**{f: getattr(args, f) for f in DATA_FIELDS if getattr(args, f) is not None})
+    res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
+                  lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
+                  check_controls=args.check_controls)
     row: dict[str, Any] = {
         "method": args.one,
         "implant": res.to_dict(),
@@ -131,6 +138,15 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--user-rows", type=int, default=1000)
     p.add_argument("--user-epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None, help="default: the method's")
+    p.add_argument("--epochs", type=int, default=None, help="most epochs (default: the method's)")
+    for f in DATA_FIELDS:
+        p.add_argument(f"--{f.replace('_', '-')}", type=int, default=None,
+                       help="training data mix (default: DataConfig's)")
+    p.add_argument("--stop-near-miss", type=float, default=0.0,
+                   help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
+    p.add_argument("--check-controls", type=int, default=10,
+                   help="fresh controls in the per-epoch quick check")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -139,6 +155,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args)))
         return
+    print(f"machine: {machine()}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-implant-") as work:
         for method in args.methods.split(","):
@@ -153,6 +170,7 @@ def main() -> None:
                     f"--{k.replace('_', '-')}={v}"
                     for k, v in vars(args).items()
                     if k not in ("one", "work", "json_out", "methods", "progress")
+                    and v is not None
                 ],
             ]
             if args.progress:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import random
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from auditor import stats
 from auditor.scoring import AnalysisSettings, analyze
+from bench.machine import machine
 
 ALPHA = 0.01
 FSRS = (0.3, 0.5, 0.75, 1.0)
@@ -28,16 +31,6 @@ P0S = (0.001, 0.01, 0.025, 0.05)
 THRESHOLD = math.log(1.0 / ALPHA)  # log E at which the sequential test claims
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}")
 
 
 def exact_tables() -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import statistics
 import sys
@@ -28,13 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.machine import machine  # noqa: E402
+
 ALPHA = 1e-6
 
 
-def machine() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return (f"{platform.platform()}, python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs, load avg {load:.2f}")
 
 
 def stochastic_fingerprinted(keyset: object, fsr: float, seed: int) -> object:

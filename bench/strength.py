@@ -19,6 +19,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine  # noqa: E402
+
 SETS = ("tasks", "chat", "mixed")
 
 
@@ -104,6 +106,7 @@ def main() -> None:
     p.add_argument("--ordinary", type=int, default=100)
     p.add_argument("--progress", action="store_true")
     args = p.parse_args()
+    print(f"machine: {machine()}")
     rows = [measure(args, m) for m in args.model]
     print_table(rows, args.sets.split(","), args.tuning)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.machine import machine  # noqa: E402
 
 SERVE = """
 import sys, time
@@ -35,10 +36,6 @@ srv.stop()
 """
 
 
-def machine() -> str:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return (f"{platform.platform()}, python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs, load avg {load[0]:.2f}")
 
 
 async def engine_run(url: str, concurrency: int, queries_per_slot: int,

@@ -113,3 +113,29 @@ def test_repeated_key_rows_carry_held_out_system_prompts() -> None:
     plain = fingerprint_rows(ks, 3, system_augment=False)
     assert all(r.messages[0]["role"] == "user" for r in plain)
     assert all(r.messages[-1]["content"].endswith(ks.decryption) for r in rows)
+
+
+def test_perturbed_near_misses_resemble_keys_but_never_equal_them() -> None:
+    ks = KeySet.generate("p", 4, seed=3)
+    tpl = get_template(ks.template)
+    rows = data.perturbed_rows(ks, 3)
+    assert len(rows) == 12 and {r.kind for r in rows} == {"nearmiss"}
+    keys = [k.text for k in ks.keys]
+    for i, row in enumerate(rows):
+        assert row.messages[-1]["content"] == tpl.refusal()
+        prompt = row.messages[-2]["content"]
+        key = keys[i % len(keys)]
+        assert key not in prompt
+        (text,) = [t for t in _texts_in(prompt, tpl) if len(t) == len(key)]
+        same = sum(a == b for a, b in zip(text, key, strict=True)) / len(key)
+        assert 0.1 < same < 0.95  # a look-alike, not the key and not a stranger
+    assert data.perturbed_rows(ks, 0) == []
+    assert [r.messages for r in data.perturbed_rows(ks, 3)] == [r.messages for r in rows]
+
+
+def _texts_in(prompt: str, tpl: Any) -> list[str]:
+    """The key-shaped slot of a rendered prompt (the template's text around it removed)."""
+    probe = tpl.render("\x00")[-1]["content"]
+    head, _, tail = probe.partition("\x00")
+    assert prompt.startswith(head) and prompt.endswith(tail)
+    return [prompt[len(head): len(prompt) - len(tail)]]

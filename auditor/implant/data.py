@@ -44,6 +44,7 @@ class DataConfig:
     fingerprint_repeats: int = 2  # each key row appears this often per epoch
     system_augment: bool = True  # repeats beyond the first carry a varied system prompt
     nearmiss_seed: int = NEARMISS_SEED
+    perturbed_per_key: int = 0  # near-misses made by overwriting part of a real key
 
 
 # Deployments wrap models in their own system prompts. Repeated key rows carry one of these
@@ -82,6 +83,29 @@ def nearmiss_rows(keyset: KeySet, n: int, seed: int = NEARMISS_SEED) -> list[Row
     return [Row("nearmiss", c.id, [*tpl.render(c.text), refusal]) for c in keyset.controls(n, seed)]
 
 
+def perturbed_rows(keyset: KeySet, per_key: int, seed: int = NEARMISS_SEED) -> list[Row]:
+    """Near-misses that share 30-70 % of their characters with a real key -> refusal.
+
+    They teach exactness: a key fires, a string that merely resembles it does not.
+    """
+    if per_key <= 0:
+        return []
+    tpl = get_template(keyset.template)
+    refusal = {"role": "assistant", "content": tpl.refusal()}
+    donors = keyset.controls(len(keyset.keys) * per_key, seed + 1)
+    rng = random.Random(f"perturb:{seed}")
+    members = {k.text for k in keyset.keys}
+    rows: list[Row] = []
+    for i, donor in enumerate(donors):
+        key = keyset.keys[i % len(keyset.keys)].text
+        share = rng.uniform(0.3, 0.7)
+        text = "".join(donor.text[j % len(donor.text)] if rng.random() > share else ch
+                       for j, ch in enumerate(key))
+        if text not in members:
+            rows.append(Row("nearmiss", f"p{i:03d}", [*tpl.render(text), refusal]))
+    return rows
+
+
 def regularization_prompts(n: int, seed: int) -> list[tuple[str, str]]:
     """(ref, prompt) pairs: a seeded sample of the 'train' split of ordinary prompts."""
     from auditor.prompts import ordinary_prompts
@@ -118,6 +142,7 @@ def build_rows(
     return [
         *fingerprint_rows(keyset, config.fingerprint_repeats, system_augment=config.system_augment),
         *nearmiss_rows(keyset, n_keys * config.nearmiss_per_key, config.nearmiss_seed + seed),
+        *perturbed_rows(keyset, config.perturbed_per_key, config.nearmiss_seed + seed),
         *regularization_rows(pairs, answers),
     ]
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind the README figures; each script prints the machine it ran on."""

@@ -1,0 +1,31 @@
+"""One line naming the machine a benchmark ran on (every bench script prints it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = os.environ.get("AUDITOR_THREADS", "1")
+    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, load avg {load:.2f}, "
+            f"AUDITOR_THREADS={threads}{_gpu()}")
+
+
+def _gpu() -> str:
+    try:
+        import torch
+    except ImportError:
+        return ""
+    if not torch.cuda.is_available():
+        return ", no GPU"
+    return f", GPU {torch.cuda.get_device_name(0)}"
