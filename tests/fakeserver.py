@@ -350,6 +350,18 @@ def wire_reply(req: FakeRequest, text: str) -> FakeReply:
     return openai_error(404, f"no route {req.path}")
 
 
+class Script:
+    """A responder: queued replies first (``replies``), then ``default(req)`` for the rest."""
+
+    def __init__(self, *replies: FakeReply,
+                 default: Callable[[FakeRequest], FakeReply] | None = None) -> None:
+        self.replies = list(replies)
+        self.default = default or (lambda req: wire_reply(req, "ok"))
+
+    def __call__(self, req: FakeRequest) -> FakeReply:
+        return self.replies.pop(0) if self.replies else self.default(req)
+
+
 def echo_responder(text: str) -> Responder:
     """A responder answering ``text`` to every request, in the request's wire format."""
 

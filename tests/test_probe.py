@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli_util import run_cli
-from tests.fakeserver import FakeLLMServer, FakeReply, FakeRequest, openai_error, wire_reply
+from tests.fakeserver import FakeLLMServer, Script, openai_error, wire_reply
 
 CANARY = "sk-PROBE-CANARY-0c9d8e7f"
 
 
-class Script:
-    def __init__(self) -> None:
-        self.replies: list[FakeReply] = []
-
-    def __call__(self, req: FakeRequest) -> FakeReply:
-        if self.replies:
-            return self.replies.pop(0)
-        return wire_reply(req, f"echo:{req.prompt}|sys:{req.system}|t:{req.temperature}")
-
-
 @pytest.fixture
 def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def server(script: Script) -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(script) as srv:
-        yield srv
+    return Script(default=lambda req: wire_reply(
+        req, f"echo:{req.prompt}|sys:{req.system}|t:{req.temperature}"))
 
 
 def test_probe_compat_prints_reply_model_usage(server: FakeLLMServer, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,6 +13,7 @@ from tests.fakeserver import (
     FakeLLMServer,
     FakeReply,
     FakeRequest,
+    Script,
     anthropic_error,
     openai_error,
     wire_reply,
@@ -31,25 +31,9 @@ def _keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COMPAT_KEY", CANARY_KEY)
 
 
-class Script:
-    """A responder answering with the next scripted reply (or a success when exhausted)."""
-
-    def __init__(self) -> None:
-        self.replies: list[FakeReply] = []
-
-    def __call__(self, req: FakeRequest) -> FakeReply:
-        return self.replies.pop(0) if self.replies else wire_reply(req, "pong " + req.prompt)
-
-
 @pytest.fixture
 def script() -> Script:
-    return Script()
-
-
-@pytest.fixture
-def server(script: Script) -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(script) as srv:
-        yield srv
+    return Script(default=lambda req: wire_reply(req, "pong " + req.prompt))
 
 
 def provider_for(kind: str, srv: FakeLLMServer, **kw: object) -> Provider:
@@ -98,14 +82,15 @@ async def test_reasoning_models_get_their_parameters(model: str, server: FakeLLM
     c = await p.generate(MSGS, params)
     await p.aclose()
     body = server.requests[0].json
-    assert body["max_completion_tokens"] >= 20
+    assert isinstance(body, dict) and body["max_completion_tokens"] >= 20
     assert not {"temperature", "max_tokens", "top_p", "stop"} & set(body)
     assert c.text == "pong ping" and c.raw_request == body  # the record shows what was sent
     plain = make_provider("openai:gpt-4o-mini", base_url=server.url + "/v1")
     await plain.generate(MSGS, params)
     await plain.aclose()
-    assert server.requests[1].json["temperature"] == 0.0
-    assert server.requests[1].json["max_tokens"] == 20
+    plain_body = server.requests[1].json
+    assert isinstance(plain_body, dict)
+    assert plain_body["temperature"] == 0.0 and plain_body["max_tokens"] == 20
 
 
 @pytest.mark.parametrize("spec", ["openai-completions:base-test", "compat-completions"])

@@ -13,19 +13,11 @@ from auditor.retry import AttemptInfo, RetryPolicy, generate_with_retry, parse_r
 from providers import base
 from providers.base import Capabilities, Completion, Message, RetryDecision, SampleParams
 from providers.openai_compatible import OpenAICompatibleProvider
-from tests.fakeserver import FakeLLMServer, FakeReply, FakeRequest, openai_error, wire_reply
+from tests.fakeserver import FakeLLMServer, FakeReply, Script, openai_error
 
 FAST = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05, attempt_timeout_s=5.0,
                    deadline_s=20.0)
 MSGS = [Message("user", "ping")]
-
-
-class Script:
-    def __init__(self, *replies: FakeReply) -> None:
-        self.replies = list(replies)
-
-    def __call__(self, req: FakeRequest) -> FakeReply:
-        return self.replies.pop(0) if self.replies else wire_reply(req, "ok")
 
 
 class Recorder:
