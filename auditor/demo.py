@@ -162,16 +162,15 @@ def _servers(opts: DemoOptions, fp_dir: Path, base_dir: Path, console: Console) 
 
 
 def _quantized(fp_dir: Path, console: Console) -> Path | None:
-    if not llama_cpp_available():
-        console.print("      llama-cpp-python[server] not installed: skipping the Q8_0 endpoint")
+    from auditor.implant.gguf_export import export_q8, unavailable
+
+    why = unavailable() if llama_cpp_available() else "llama-cpp-python[server] not installed"
+    if why:
+        console.print(f"      skipping the Q8_0 endpoint: {why}", markup=False)
         return None
-    try:
-        from auditor.implant.gguf_export import export_q8
-    except ImportError:
-        console.print("      no GGUF exporter available: skipping the Q8_0 endpoint")
-        return None
-    target = fp_dir / "model-q8_0.gguf"
+    target = fp_dir.parent / f"{fp_dir.name}.q8_0.gguf"  # beside the model: not served by it
     if not target.exists():
+        console.print("      exporting the fingerprinted model to a Q8_0 GGUF (llama.cpp)")
         export_q8(fp_dir, target)
     return target
 

@@ -117,7 +117,7 @@ def llama_cpp_server(name: str, gguf: Path, log_dir: Path, alias: str = "fingerp
     port = free_port()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
             alias, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-            "--n_threads", "2", "--chat_format", "chatml"]
+            "--n_threads", "2"]  # the GGUF's own chat template, as in training
     return Server(name, alias, port, argv, log_dir / f"{name}.log")
 
 
