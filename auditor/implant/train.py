@@ -204,6 +204,10 @@ def train_loop(
             fsr, near = quick_check(acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls)
             stats["fsr"], stats["near"] = fsr, near
             bar.update(task, fsr=f"{fsr:.0%}")
+            if progress:
+                bar.console.print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, "
+                                  f"near-miss {near:.0%} of {cfg.check_controls}, "
+                                  f"{time.monotonic() - start:.0f} s")
             perfect = fsr == 1.0 and near <= cfg.stop_near_miss
             if fsr == 1.0 and stats["fsr100_at"] is None:
                 stats["fsr100_at"] = time.monotonic() - start
