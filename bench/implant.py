@@ -177,6 +177,7 @@ def main() -> None:
                 cmd.append("--progress")
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             lines = proc.stdout.strip().splitlines()
+            print("\n".join(lines[:-1]))  # the child's progress (per-epoch lines); JSON last
             rows.append(
                 json.loads(lines[-1])
                 if proc.returncode == 0 and lines
