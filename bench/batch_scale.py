@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections import Counter
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
