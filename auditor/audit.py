@@ -371,6 +371,5 @@ def check_keyset_matches(plan: Plan, keyset: KeySet) -> None:
 
 def unfinished(store: EvidenceStore, endpoint_id: str, digest: str) -> Sequence[str]:
     """Audits of this endpoint and key set that did not finish (offered for resume)."""
-    return [a.audit_id for a in store.audits()
-            if a.endpoint_id == endpoint_id and a.status in ("planned", "running", "interrupted")
-            and a.plan.get("commitment_digest") == digest]
+    rows = store.audits(endpoint_id=endpoint_id, statuses=("planned", "running", "interrupted"))
+    return [a.audit_id for a in rows if a.plan.get("commitment_digest") == digest]

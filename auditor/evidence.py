@@ -209,10 +209,21 @@ class EvidenceStore:
         return AuditRow(row["audit_id"], row["endpoint_id"], row["created"], row["updated"],
                         row["status"], json.loads(row["plan"]))
 
-    def audits(self, status: str | None = None) -> list[AuditRow]:
-        rows = self._q("SELECT audit_id FROM audits ORDER BY created")
-        found = [self.audit(r[0]) for r in rows]
-        return [a for a in found if status is None or a.status == status]
+    def audits(self, status: str | None = None, *, endpoint_id: str | None = None,
+               statuses: Sequence[str] = ()) -> list[AuditRow]:
+        """Audits in creation order, filtered in SQL (one query, whatever the store's size)."""
+        wanted = [status] if status is not None else list(statuses)
+        where, args = [], []
+        if wanted:
+            where.append(f"status IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        if endpoint_id is not None:
+            where.append("endpoint_id = ?")
+            args.append(endpoint_id)
+        sql = "SELECT * FROM audits" + (f" WHERE {' AND '.join(where)}" if where else "")
+        rows = self._q(sql + " ORDER BY created, rowid", args)
+        return [AuditRow(r["audit_id"], r["endpoint_id"], r["created"], r["updated"],
+                         r["status"], json.loads(r["plan"])) for r in rows]
 
     def set_status(self, audit_id: str, status: str) -> None:
         self._q("UPDATE audits SET status = ?, updated = ? WHERE audit_id = ?",

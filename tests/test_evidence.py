@@ -194,3 +194,16 @@ async def test_group_writer_commits_concurrent_appends_in_few_transactions(
         for aid in ("a0", "a1", "a2"):
             check = store.verify(aid)
             assert check.ok and check.count == 20
+
+
+def test_audits_filter_by_status_and_endpoint_in_creation_order(tmp_path: Path) -> None:
+    with EvidenceStore(tmp_path / "ev.sqlite") as store:
+        for i, (ep, status) in enumerate([("a", "completed"), ("b", "running"),
+                                          ("a", "interrupted"), ("a", "running")]):
+            store.create_audit(f"x{i}", ep, {"n": i})
+            store.set_status(f"x{i}", status)
+        assert [r.audit_id for r in store.audits()] == ["x0", "x1", "x2", "x3"]
+        assert [r.audit_id for r in store.audits("running")] == ["x1", "x3"]
+        open_a = store.audits(endpoint_id="a", statuses=("running", "interrupted"))
+        assert [(r.audit_id, r.plan["n"]) for r in open_a] == [("x2", 2), ("x3", 3)]
+        assert store.audits(endpoint_id="zzz") == []
