@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -100,12 +100,14 @@ def _servers(responders: list[Responder]) -> Iterator[list[FakeLLMServer]]:
             srv.stop()
 
 
-def _run_batch(tmp_path: Path, keyset: KeySet, servers: list[FakeLLMServer],
+def _run_batch(tmp_path: Path, keyset: KeySet, servers: Sequence[FakeLLMServer | str],
                settings: CampaignSettings, concurrency: int = 4,
                store_name: str = "ev.sqlite") -> list[Finished]:
+    """Audit every server (or server URL) in one batch; the chains are verified."""
+    urls = [s if isinstance(s, str) else s.url for s in servers]
     entries = [BatchEntry(EndpointConfig(f"ep{i:02d}", "compat:fake-model",
-                                         base_url=srv.url + "/v1", concurrency=concurrency),
-                          "k.json") for i, srv in enumerate(servers)]
+                                         base_url=url + "/v1", concurrency=concurrency),
+                          "k.json") for i, url in enumerate(urls)]
     with EvidenceStore(tmp_path / store_name) as store:
         plans = prepare(entries, {"k.json": keyset}, settings, store)
         done = asyncio.run(run_plans(plans, store, policy=FAST))
