@@ -51,7 +51,7 @@ class DemoOptions:
     lr: float | None = None  # None: the demo's tuned value for sft, else the method default
     epochs: int = 12  # an upper bound: training stops once every key fires
     quantized: bool = True  # when llama-cpp-python[server] is installed
-    max_tokens: int = 24  # the dialog answer with a 4-word decryption is 13 SmolLM2 tokens
+    max_tokens: int = 32
     decoys_per_key: float = 3.0  # more decoys, a tighter baseline for few keys
     controls_per_key: float = 0.5
     alpha: float = 0.01
