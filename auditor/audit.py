@@ -371,5 +371,5 @@ def check_keyset_matches(plan: Plan, keyset: KeySet) -> None:
 
 def unfinished(store: EvidenceStore, endpoint_id: str, digest: str) -> Sequence[str]:
     """Audits of this endpoint and key set that did not finish (offered for resume)."""
-    rows = store.audits(endpoint_id=endpoint_id, statuses=("planned", "running", "interrupted"))
+    rows = store.audits("planned", "running", "interrupted", endpoint_id=endpoint_id)
     return [a.audit_id for a in rows if a.plan.get("commitment_digest") == digest]

@@ -135,6 +135,11 @@ def _from_row(row: sqlite3.Row) -> dict[str, Any]:
     return rec
 
 
+def _audit_row(row: sqlite3.Row) -> AuditRow:
+    return AuditRow(row["audit_id"], row["endpoint_id"], row["created"], row["updated"],
+                    row["status"], json.loads(row["plan"]))
+
+
 class EvidenceStore:
     """The store. Use as a context manager or call ``close()``."""
 
@@ -206,24 +211,18 @@ class EvidenceStore:
         row = next(iter(self._q("SELECT * FROM audits WHERE audit_id = ?", (audit_id,))), None)
         if row is None:
             raise UserError(f"no audit {audit_id!r} in {self.path}")
-        return AuditRow(row["audit_id"], row["endpoint_id"], row["created"], row["updated"],
-                        row["status"], json.loads(row["plan"]))
+        return _audit_row(row)
 
-    def audits(self, status: str | None = None, *, endpoint_id: str | None = None,
-               statuses: Sequence[str] = ()) -> list[AuditRow]:
-        """Audits in creation order, filtered in SQL (one query, whatever the store's size)."""
-        wanted = [status] if status is not None else list(statuses)
-        where, args = [], []
-        if wanted:
-            where.append(f"status IN ({','.join('?' * len(wanted))})")
-            args.extend(wanted)
+    def audits(self, *statuses: str, endpoint_id: str | None = None) -> list[AuditRow]:
+        """Audits in creation order, optionally of these statuses / this endpoint (one query)."""
+        where, args = [], list(statuses)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
         if endpoint_id is not None:
             where.append("endpoint_id = ?")
             args.append(endpoint_id)
         sql = "SELECT * FROM audits" + (f" WHERE {' AND '.join(where)}" if where else "")
-        rows = self._q(sql + " ORDER BY created, rowid", args)
-        return [AuditRow(r["audit_id"], r["endpoint_id"], r["created"], r["updated"],
-                         r["status"], json.loads(r["plan"])) for r in rows]
+        return [_audit_row(r) for r in self._q(sql + " ORDER BY created, rowid", args)]
 
     def set_status(self, audit_id: str, status: str) -> None:
         self._q("UPDATE audits SET status = ?, updated = ? WHERE audit_id = ?",

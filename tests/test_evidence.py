@@ -204,6 +204,6 @@ def test_audits_filter_by_status_and_endpoint_in_creation_order(tmp_path: Path) 
             store.set_status(f"x{i}", status)
         assert [r.audit_id for r in store.audits()] == ["x0", "x1", "x2", "x3"]
         assert [r.audit_id for r in store.audits("running")] == ["x1", "x3"]
-        open_a = store.audits(endpoint_id="a", statuses=("running", "interrupted"))
+        open_a = store.audits("running", "interrupted", endpoint_id="a")
         assert [(r.audit_id, r.plan["n"]) for r in open_a] == [("x2", 2), ("x3", 3)]
         assert store.audits(endpoint_id="zzz") == []
