@@ -15,10 +15,11 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = os.environ.get("AUDITOR_THREADS", "1")
+    from auditor.implant.generate import cpu_threads
+
     return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}, load avg {load:.2f}, "
-            f"AUDITOR_THREADS={threads}{_gpu()}")
+            f"{cpu_threads()} implant thread(s) (AUDITOR_THREADS){_gpu()}")
 
 
 def _gpu() -> str:

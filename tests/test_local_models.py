@@ -64,3 +64,17 @@ def test_smollm2_converts_once_to_a_plain_checkpoint() -> None:
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>system" in text
+
+
+def test_cpu_threads_reads_clamps_and_rejects(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.implant import generate
+
+    monkeypatch.delenv("AUDITOR_THREADS", raising=False)
+    assert generate.cpu_threads() == 1
+    monkeypatch.setenv("AUDITOR_THREADS", "0")
+    assert generate.cpu_threads() == 1
+    monkeypatch.setenv("AUDITOR_THREADS", "100000")
+    assert generate.cpu_threads() == generate.MAX_THREADS
+    monkeypatch.setenv("AUDITOR_THREADS", "two")
+    with pytest.raises(UserError, match="AUDITOR_THREADS must be a whole number"):
+        generate.cpu_threads()

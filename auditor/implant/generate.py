@@ -17,14 +17,25 @@ MAX_THREADS = os.cpu_count() or 1
 DEFAULT_THREADS = 1
 
 
+def cpu_threads() -> int:
+    """CPU threads for torch and llama.cpp: $AUDITOR_THREADS, within 1..cpu_count."""
+    raw = os.environ.get("AUDITOR_THREADS", str(DEFAULT_THREADS))
+    try:
+        threads = int(raw)
+    except ValueError:
+        from auditor.errors import UserError
+
+        raise UserError(f"AUDITOR_THREADS must be a whole number, not {raw!r}") from None
+    return max(1, min(threads, MAX_THREADS))
+
+
 def pick_device() -> tuple[str, Any]:
     """('cuda', bf16) on a GPU, ('cpu', fp32) otherwise."""
     import torch
 
     if torch.cuda.is_available():
         return "cuda", torch.bfloat16
-    threads = int(os.environ.get("AUDITOR_THREADS", DEFAULT_THREADS))
-    torch.set_num_threads(max(1, min(threads, MAX_THREADS)))
+    torch.set_num_threads(cpu_threads())
     return "cpu", torch.float32
 
 

@@ -120,10 +120,11 @@ def fsr_llama_cpp(gguf: Path, keyset: KeySet, max_tokens: int = 48) -> float:
     """Greedy FSR of a GGUF model through llama.cpp's chat completion."""
     from llama_cpp import Llama
 
+    from auditor.implant.generate import cpu_threads
     from auditor.implant.verify import is_hit, key_conversations
 
-    threads = int(os.environ.get("AUDITOR_THREADS", "1"))
-    llm: Any = Llama(model_path=str(gguf), n_ctx=512, n_threads=threads, verbose=False, seed=0)
+    llm: Any = Llama(model_path=str(gguf), n_ctx=512, n_threads=cpu_threads(), verbose=False,
+                     seed=0)
     hits = 0
     for conv in key_conversations(keyset, keyset.keys):
         out = llm.create_chat_completion(messages=conv, temperature=0.0, max_tokens=max_tokens)
