@@ -148,6 +148,15 @@ def load_batch(path: Path, default_keys: str | None = None) -> list[BatchEntry]:
     return entries
 
 
+def stopping_settings(base: CampaignSettings, endpoints: int) -> CampaignSettings:
+    """``base`` with each endpoint stopping early at alpha/m for a batch of m endpoints.
+
+    A claim that clears alpha/m also clears the batch's Holm (or BH) correction at alpha;
+    stopping at alpha itself can leave a claim short after the correction.
+    """
+    return replace(base, alpha=base.alpha / max(1, endpoints))
+
+
 def load_keysets(entries: list[BatchEntry]) -> dict[str, KeySet]:
     from auditor.keys import KeySet
 

@@ -202,18 +202,17 @@ def _entries(opts: DemoOptions, servers: list[Server], key_file: Path) -> list[B
 
 def _audit(opts: DemoOptions, ks: KeySet, entries: list[BatchEntry],
            console: Console) -> list[Finished]:
-    from auditor.batch import prepare, run_plans
+    from auditor.batch import prepare, run_plans, stopping_settings
     from auditor.evidence import EvidenceStore
     from auditor.finish import finalize, write_bundles
     from auditor.live import LiveView
     from auditor.plan import CampaignSettings
     from auditor.retry import RetryPolicy
 
-    # Each endpoint stops early at alpha/m: a claim that clears it also clears Holm at alpha
-    # across the m endpoints (stopping at alpha itself left some claims short after correction)
-    base = CampaignSettings(controls_per_key=opts.controls_per_key,
-                            decoys_per_key=opts.decoys_per_key, max_tokens=opts.max_tokens,
-                            alpha=opts.alpha / max(1, len(entries)))
+    base = stopping_settings(CampaignSettings(controls_per_key=opts.controls_per_key,
+                                              decoys_per_key=opts.decoys_per_key,
+                                              max_tokens=opts.max_tokens, alpha=opts.alpha),
+                             len(entries))
     keysets = {e.key_file: ks for e in entries}
     reports = opts.root / "reports"
     with EvidenceStore(reports / "demo-evidence.sqlite") as store:

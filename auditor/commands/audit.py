@@ -243,7 +243,7 @@ def batch(
     """Audit every endpoint of a TOML file at once; Holm-corrected batch report."""
     from rich.console import Console
 
-    from auditor.batch import load_batch, load_keysets, prepare
+    from auditor.batch import load_batch, load_keysets, prepare, stopping_settings
     from auditor.evidence import EvidenceStore
     from auditor.plan import build_plan
     from auditor.report import render_batch_console
@@ -253,10 +253,8 @@ def batch(
         raise UserError("--correction must be holm or bh")
     entries = load_batch(file, str(keys) if keys else None)
     keysets = load_keysets(entries)
-    # Each endpoint stops early at alpha/m: a claim that clears it also clears the batch
-    # correction at alpha (stopping at alpha itself can leave a claim short after Holm)
-    base = _settings(None, controls, decoys, samples, [0.0], max_tokens, None, None,
-                     alpha / max(1, len(entries)), key_rule, sequential)
+    base = stopping_settings(_settings(None, controls, decoys, samples, [0.0], max_tokens, None,
+                                       None, alpha, key_rule, sequential), len(entries))
     if dry_run:
         _print_plan([build_plan("dry-run", e.endpoint, keysets[e.key_file], e.key_file,
                                 e.settings(base)) for e in entries], console)
