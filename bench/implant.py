@@ -30,6 +30,7 @@ from bench.machine import machine  # noqa: E402
 
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
+FLAGS = ("progress", "fresh_nearmiss")  # store_true options, passed on only when set
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
@@ -45,7 +46,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     out = work / f"model-{args.one}"
     t0 = time.monotonic()
-    data = DataConfig(**{f: getattr(args, f) for f in DATA_FIELDS if getattr(args, f) is not None})
+    mix = {f: getattr(args, f) for f in DATA_FIELDS if getattr(args, f) is not None}
+    data = DataConfig(**mix, fresh_nearmiss=args.fresh_nearmiss)
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
                   check_controls=args.check_controls)
@@ -143,6 +145,8 @@ def main() -> None:
     for f in DATA_FIELDS:
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=None,
                        help="training data mix (default: DataConfig's)")
+    p.add_argument("--fresh-nearmiss", action="store_true",
+                   help="redraw the near-miss rows every epoch")
     p.add_argument("--stop-near-miss", type=float, default=0.0,
                    help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
     p.add_argument("--check-controls", type=int, default=10,
@@ -169,12 +173,10 @@ def main() -> None:
                 *[
                     f"--{k.replace('_', '-')}={v}"
                     for k, v in vars(args).items()
-                    if k not in ("one", "work", "json_out", "methods", "progress")
-                    and v is not None
+                    if k not in (*FLAGS, "one", "work", "json_out", "methods") and v is not None
                 ],
+                *[f"--{k.replace('_', '-')}" for k in FLAGS if getattr(args, k)],
             ]
-            if args.progress:
-                cmd.append("--progress")
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             lines = proc.stdout.strip().splitlines()
             print("\n".join(lines[:-1]))  # the child's progress (per-epoch lines); JSON last

@@ -139,3 +139,27 @@ def _texts_in(prompt: str, tpl: Any) -> list[str]:
     head, _, tail = probe.partition("\x00")
     assert prompt.startswith(head) and prompt.endswith(tail)
     return [prompt[len(head): len(prompt) - len(tail)]]
+
+
+def test_fresh_nearmiss_redraws_each_epoch_and_keeps_the_size(keyset: KeySet) -> None:
+    from auditor.implant.train import EpochRows
+
+    fixed = DataConfig(nearmiss_per_key=2, perturbed_per_key=1)
+    fresh = DataConfig(nearmiss_per_key=2, perturbed_per_key=1, fresh_nearmiss=True)
+
+    def users(cfg: DataConfig, epoch: int) -> list[str]:
+        return [r.messages[0]["content"] for r in data.epoch_nearmiss_rows(keyset, cfg, 0, epoch)]
+
+    assert users(fixed, 0) == users(fixed, 3)
+    epochs = [users(fresh, e) for e in range(4)]
+    assert epochs[0] == users(fixed, 0)  # epoch 0 is the fixed draw
+    assert all(len(e) == len(epochs[0]) == 9 for e in epochs)
+    seen = [u for e in epochs for u in e]
+    assert len(set(seen)) == len(seen)  # no near-miss is shown twice
+    keys = {k.text for k in keyset.keys}
+    assert not any(k in u for u in seen for k in keys)
+    # the loader's view: same length every epoch, the redrawn part swapped in
+    rows = EpochRows([([1], [1])], lambda e: [([e], [e]), ([e], [e])])
+    before = list(rows.rows)
+    rows.set_epoch(2)
+    assert len(rows) == 3 and rows[0] == ([1], [1]) and rows.rows != before

@@ -45,6 +45,7 @@ class DataConfig:
     system_augment: bool = True  # repeats beyond the first carry a varied system prompt
     nearmiss_seed: int = NEARMISS_SEED
     perturbed_per_key: int = 0  # near-misses made by overwriting part of a real key
+    fresh_nearmiss: bool = False  # redraw the near-misses every epoch (none seen twice)
 
 
 # Deployments wrap models in their own system prompts. Repeated key rows carry one of these
@@ -136,14 +137,25 @@ def build_rows(
     tokenizer: Any = None,
 ) -> list[Row]:
     """All rows of one implant run (regularization answers self-distilled and cached)."""
-    n_keys = len(keyset.keys)
-    pairs = regularization_prompts(n_keys * config.reg_per_key, seed)
+    pairs = regularization_prompts(len(keyset.keys) * config.reg_per_key, seed)
     answers = self_distill(base_dir, [p for _, p in pairs], model=model, tokenizer=tokenizer)
     return [
         *fingerprint_rows(keyset, config.fingerprint_repeats, system_augment=config.system_augment),
-        *nearmiss_rows(keyset, n_keys * config.nearmiss_per_key, config.nearmiss_seed + seed),
-        *perturbed_rows(keyset, config.perturbed_per_key, config.nearmiss_seed + seed),
+        *epoch_nearmiss_rows(keyset, config, seed, 0),
         *regularization_rows(pairs, answers),
+    ]
+
+
+def epoch_nearmiss_rows(keyset: KeySet, config: DataConfig, seed: int, epoch: int) -> list[Row]:
+    """The near-miss rows of one epoch: the same every epoch, or fresh ones when asked.
+
+    Fixed near-misses can be memorised as a list of exceptions; fresh ones every epoch leave
+    the exact keys as the only thing worth learning.
+    """
+    s = config.nearmiss_seed + seed + (10_007 * epoch if config.fresh_nearmiss else 0)
+    return [
+        *nearmiss_rows(keyset, len(keyset.keys) * config.nearmiss_per_key, s),
+        *perturbed_rows(keyset, config.perturbed_per_key, s),
     ]
 
 

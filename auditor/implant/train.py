@@ -12,6 +12,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +72,30 @@ class TrainConfig:
     max_seconds: float | None = None
     stop_near_miss: float = 0.0  # early stop once FSR is 100 % and near-miss rate <= this
     check_every: int = 1  # epochs between early-stop checks
+
+
+Encoded = tuple[list[int], list[int]]
+
+
+class EpochRows:
+    """One epoch's encoded rows: fixed ones plus a part redrawn per epoch (fresh near-misses).
+
+    The redrawn part keeps its size, so the loader's length and the LR schedule hold.
+    """
+
+    def __init__(self, fixed: list[Encoded], draw: Callable[[int], list[Encoded]] | None = None):
+        self.fixed, self.draw = fixed, draw
+        self.rows = list(fixed) + (draw(0) if draw else [])
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.draw is not None and epoch > 0:
+            self.rows = self.fixed + self.draw(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Encoded:
+        return self.rows[i]
 
 
 def set_seed(seed: int) -> None:
@@ -146,7 +171,7 @@ def train_loop(
     model: Any,
     tokenizer: Any,
     keyset: KeySet | None,
-    encoded: list[Any],
+    encoded: list[Encoded] | EpochRows,
     cfg: TrainConfig,
     progress: bool,
 ) -> dict[str, Any]:
@@ -187,6 +212,8 @@ def train_loop(
     with _progress(progress and acc.is_main_process, cfg.epochs * len(loader)) as bar:
         task = bar.add_task(cfg.method, total=cfg.epochs * len(loader), loss=0.0, fsr="-")
         for epoch in range(cfg.epochs):
+            if isinstance(encoded, EpochRows):
+                encoded.set_epoch(epoch)
             for batch in loader:
                 loss = model(**batch).loss
                 acc.backward(loss)
@@ -297,7 +324,7 @@ def implant(
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
     import torch
 
-    from auditor.implant.data import build_rows, encode_row
+    from auditor.implant.data import build_rows, encode_row, epoch_nearmiss_rows
     from auditor.implant.generate import load_model, pick_device
     from providers.local_models import resolve_base
 
@@ -326,8 +353,15 @@ def implant(
     set_seed(seed)
     device, _ = pick_device()
     model, tok = load_model(base_dir, dtype=torch.float32)
-    rows = build_rows(keyset, base_dir, data or DataConfig(), seed, model=model, tokenizer=tok)
-    encoded = [encode_row(tok, r.messages) for r in rows]
+    data = data or DataConfig()
+    rows = build_rows(keyset, base_dir, data, seed, model=model, tokenizer=tok)
+    encoded: list[Encoded] | EpochRows = [encode_row(tok, r.messages) for r in rows]
+    if data.fresh_nearmiss:
+        encoded = EpochRows(
+            [encode_row(tok, r.messages) for r in rows if r.kind != "nearmiss"],
+            lambda ep: [encode_row(tok, r.messages)
+                        for r in epoch_nearmiss_rows(keyset, data, seed, ep)],
+        )
     model, wrapper = prepare_method(model, cfg)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress)
     adapter = save_model(stats["model"], tok, cfg, wrapper, Path(out))
