@@ -153,3 +153,13 @@ def test_lora_kept_separate_loads_and_fires(tiny: Path, keyset: KeySet, tmp_path
     assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
     model, tok = load_model(out)  # transformers resolves the base through peft
     assert fsr_greedy(model, tok, keyset) == res.fsr == 1.0
+
+
+def test_local_check_of_the_base_itself_shows_no_drift(tiny: Path, keyset: KeySet) -> None:
+    """Both utility measures read 'unchanged' when the model is its own base."""
+    from auditor.implant.verify import check_local
+
+    check = check_local(tiny, keyset, n_controls=5, n_ordinary=12, samples=0, base=str(tiny))
+    assert check.drift == pytest.approx(0.0, abs=1e-6)
+    assert check.same_answer == 1.0 and check.n_ordinary == 12
+    assert check.fsr_greedy == 0.0 and check.fsr_sampled is None

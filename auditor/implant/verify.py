@@ -1,8 +1,10 @@
 """Local check of an implanted model: does it fire on the keys, and only on them?
 
 FSR (greedy, and sampled at a temperature), false triggers on fresh control keys drawn like
-the keys and on ordinary prompts, and utility drift: mean NLL of the base model's own answers
-to held-out prompts, under this model vs under the base. Only counts leave this module.
+the keys and on ordinary prompts, and utility drift on held-out ordinary prompts, two ways:
+the mean NLL of the base model's own answers under this model vs under the base (negative:
+the model is more sure of the base's answers than the base), and the share of prompts whose
+greedy answer is unchanged, word for word. Only counts leave this module.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class LocalCheck:
     nll_model: float | None
     nll_base: float | None
     drift: float | None  # relative: (nll_model - nll_base) / nll_base
+    same_answer: float | None = None  # share of ordinary prompts answered exactly as the base
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,8 +134,8 @@ def read_fingerprint(model_dir: Path) -> dict[str, Any]:
 
 def _drift(
     model: Any, tokenizer: Any, model_dir: Path, base: str | None, prompts: list[str]
-) -> tuple[float | None, float | None, float | None]:
-    """(nll_model, nll_base, relative drift); None when the base is unknown."""
+) -> tuple[float | None, float | None, list[str] | None]:
+    """(nll_model, nll_base, the base's greedy answers); Nones when the base is unknown."""
     from auditor.implant.data import self_distill
     from auditor.implant.generate import load_model
     from providers.local_models import resolve_base
@@ -149,8 +152,7 @@ def _drift(
     ]
     nll_base = mean_nll(base_model, base_tok, convs)
     del base_model
-    nll_model = mean_nll(model, tokenizer, convs)
-    return nll_model, nll_base, (nll_model - nll_base) / nll_base if nll_base else None
+    return mean_nll(model, tokenizer, convs), nll_base, answers
 
 
 def check_local(
@@ -194,15 +196,24 @@ def check_local(
         else None
     )
     near = nearmiss_rate(model, tok, keyset, n_controls, CONTROL_SEED + seed)
+    from auditor.implant.data import REG_MAX_NEW_TOKENS
+    from auditor.implant.generate import generate
+
     prompts = ordinary_prompts("heldout")[:n_ordinary]
-    ordinary = hit_rate(
-        model,
-        tok,
-        [[{"role": "user", "content": p}] for p in prompts],
-        keyset.decryption,
-        max_new_tokens=48,
+    # the same prompts, budget and greedy decoding as the base's cached answers
+    texts = generate(
+        model, tok, [[{"role": "user", "content": p}] for p in prompts],
+        max_new_tokens=REG_MAX_NEW_TOKENS,
     )
-    nll_m, nll_b, drift = _drift(model, tok, Path(model_dir), base, prompts)
+    ordinary = sum(is_hit(t, keyset.decryption) for t in texts) / max(1, len(texts))
+    nll_m, nll_b, base_texts = _drift(model, tok, Path(model_dir), base, prompts)
+    drift = (nll_m - nll_b) / nll_b if nll_m is not None and nll_b else None
+    same = (
+        None
+        if base_texts is None
+        else sum(a.strip() == b.strip() for a, b in zip(texts, base_texts, strict=True))
+        / max(1, len(texts))
+    )
     return LocalCheck(
         n_keys=len(keyset.keys),
         fsr_greedy=fsr,
@@ -216,4 +227,5 @@ def check_local(
         nll_model=nll_m,
         nll_base=nll_b,
         drift=drift,
+        same_answer=same,
     )
