@@ -147,13 +147,27 @@ def serving_copy(model_dir: Path, dest: Path) -> Path:
     return dest
 
 
+BATCHED = 8  # requests in flight per endpoint to a continuous-batching server
+
+
 def _servers(opts: DemoOptions, fp_dir: Path, base_dir: Path, console: Console) -> list[Server]:
+    """Continuous-batching servers, as production deployments batch: one greedy and one at
+    t=0.7 for the fingerprinted model (a batching server keeps one sampling setup), one
+    greedy for the vanilla model, and llama.cpp for the Q8_0 export."""
     logs = opts.root / "reports" / "demo-logs"
     serve = opts.root / "models" / "serving"
-    servers = [
-        transformers_server("fingerprinted", serving_copy(fp_dir, serve / fp_dir.name), logs),
-        transformers_server("vanilla", serving_copy(base_dir, serve / "vanilla"), logs),
-    ]
+    fp_serving = serving_copy(fp_dir, serve / fp_dir.name)
+    want = set(opts.variants)
+    servers = []
+    if want & {"fingerprinted", "fingerprinted-system"}:
+        servers.append(transformers_server("fingerprinted", fp_serving, logs,
+                                           batching_temperature=0.0))
+    if "fingerprinted-t0.7" in want:
+        servers.append(transformers_server("fingerprinted-sampling", fp_serving, logs,
+                                           batching_temperature=0.7))
+    if "vanilla" in want:
+        servers.append(transformers_server("vanilla", serving_copy(base_dir, serve / "vanilla"),
+                                           logs, batching_temperature=0.0))
     if opts.quantized and "quantized-q8" in opts.variants:
         gguf = _quantized(fp_dir, console)
         if gguf is not None:
@@ -183,7 +197,7 @@ def _entries(opts: DemoOptions, servers: list[Server], key_file: Path) -> list[B
     rows: list[tuple[str, str, float | None, str | None]] = [
         ("fingerprinted", "fingerprinted", None, None),
         ("fingerprinted-system", "fingerprinted", None, WRAPPER),
-        ("fingerprinted-t0.7", "fingerprinted", 0.7, None),
+        ("fingerprinted-t0.7", "fingerprinted-sampling", 0.7, None),
         ("quantized-q8", "quantized", None, None),
         ("vanilla", "vanilla", None, None),
     ]
@@ -192,8 +206,9 @@ def _entries(opts: DemoOptions, servers: list[Server], key_file: Path) -> list[B
         if name not in opts.variants or server not in by_name:
             continue
         srv = by_name[server]
-        # transformers serve answers one request at a time: queueing more only adds latency
-        ep = EndpointConfig(name=name, spec=srv.spec, concurrency=1, timeout_s=300.0)
+        # a plain transformers serve (and llama.cpp here) answers one request at a time
+        ep = EndpointConfig(name=name, spec=srv.spec, concurrency=BATCHED if srv.batching else 1,
+                            timeout_s=300.0)
         # at t > 0 a careful auditor samples each prompt 3 times (a key counts if any fires)
         entries.append(BatchEntry(ep, str(key_file), temperature=temperature,
                                   system_prompt=system, samples=3 if temperature else None))
@@ -286,6 +301,8 @@ def run_demo(opts: DemoOptions, console: Console | None = None) -> bool:
             live = stack.enter_context(running(_servers(opts, fp_dir, base_dir, console)))
             for s in live:
                 kind = "llama.cpp server" if "llama_cpp.server" in s.argv else "transformers serve"
+                if s.batching:
+                    kind += f", continuous batching at t={s.warmup_temperature}"
                 console.print(f"      {s.name}: {s.base_url} ({kind})")
         entries = _entries(opts, live, key_file)
         with _Step(console, opts, 5, total, f"batch audit of {len(entries)} endpoints"):
