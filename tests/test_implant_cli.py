@@ -80,6 +80,7 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
             "1",
             "--reg-per-key",
             "2",
+            "--fresh-nearmiss",
             "--out",
             str(out),
             "--json",

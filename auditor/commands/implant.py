@@ -55,6 +55,9 @@ def implant_cmd(
     reg_per_key: Annotated[
         int, typer.Option("--reg-per-key", help="regularization rows per key")
     ] = 5,
+    fresh_nearmiss: Annotated[
+        bool, typer.Option("--fresh-nearmiss", help="redraw the near-miss rows every epoch")
+    ] = False,
     keep_lora: Annotated[
         bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
     ] = False,
@@ -77,7 +80,8 @@ def implant_cmd(
         seed=seed,
         progress=not as_json,
         batch_size=batch_size,
-        data=DataConfig(nearmiss_per_key, reg_per_key, fingerprint_repeats),
+        data=DataConfig(nearmiss_per_key, reg_per_key, fingerprint_repeats,
+                        fresh_nearmiss=fresh_nearmiss),
         early_stop=not no_early_stop,
         merge_lora=not keep_lora,
     )
