@@ -91,10 +91,14 @@ class Server:
                 "max_tokens": 2, "temperature": self.warmup_temperature}
         try:
             r = httpx.post(f"{self.base_url}/chat/completions", json=body, timeout=timeout_s)
-            r.raise_for_status()
         except httpx.HTTPError as err:
-            raise AuditFailed(f"server {self.name} failed its warm-up request ({err}); "
-                              f"see {self.log_path}") from err
+            why = f"{type(err).__name__}: {err}"
+        else:
+            if r.status_code == 200:
+                return
+            why = f"HTTP {r.status_code}"
+        raise AuditFailed(f"server {self.name} failed its warm-up request ({why}); "
+                          f"see {self.log_path}")
 
     def stop(self, grace_s: float = 5.0) -> None:
         proc, self.proc = self.proc, None
