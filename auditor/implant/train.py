@@ -181,6 +181,7 @@ def train_loop(
     from torch.utils.data import DataLoader
 
     from auditor.implant.data import collate
+    from auditor.implant.loss import Loss, pick_loss
 
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,6 +209,7 @@ def train_loop(
         "perfect_at": None,
         "stopped_early": False,
     }
+    loss_fn: Loss | None = None
     start = time.monotonic()
     with _progress(progress and acc.is_main_process, cfg.epochs * len(loader)) as bar:
         task = bar.add_task(cfg.method, total=cfg.epochs * len(loader), loss=0.0, fsr="-")
@@ -215,7 +217,11 @@ def train_loop(
             if isinstance(encoded, EpochRows):
                 encoded.set_epoch(epoch)
             for batch in loader:
-                loss = model(**batch).loss
+                if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
+                    plain = acc.unwrap_model(model) is model
+                    loss_fn = pick_loss(model, batch) if plain else (lambda m, b: m(**b).loss)
+                with acc.autocast():
+                    loss = loss_fn(model, batch)
                 acc.backward(loss)
                 acc.clip_grad_norm_(params, 1.0)
                 opt.step()
