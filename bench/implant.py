@@ -1,7 +1,8 @@
 """Implant benchmark on SmolLM2-135M (CPU): one child process per method, then a table.
 
 Per method: seconds to FSR 100 %, peak RSS, FSR at t=0.7, near-miss and ordinary false-trigger
-rates, utility drift, and FSR after each robustness attack.
+rates, utility drift (NLL of the base's own answers, and the share of their tokens the model
+ranks first, beside the base's own share), and FSR after each robustness attack.
 
     .venv/bin/python bench/implant.py                       # all methods, all attacks
     .venv/bin/python bench/implant.py --methods lora --attacks user-sft,system-prompt \\
@@ -102,6 +103,7 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
         "near-miss FT",
         "ordinary FT",
         "drift",
+        "top-1 agreement (base)",
         *[f"FSR {a}" for a in attacks],
     ):
         t.add_column(col)
@@ -120,6 +122,7 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             _pct(chk["nearmiss_false_trigger"]),
             _pct(chk["ordinary_false_trigger"]),
             "-" if chk["drift"] is None else f"{100 * chk['drift']:+.2f}%",
+            f"{_pct(chk.get('agreement'))} ({_pct(chk.get('agreement_base'))})",
         ]
         for a in attacks:
             ar = r["attacks"].get(a)

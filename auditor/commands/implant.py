@@ -152,7 +152,10 @@ def check_local_cmd(
                 if res.drift is None
                 else f"{100 * res.drift:+.2f}% ({res.nll_model:.3f} vs base {res.nll_base:.3f})",
             ),
-            ("answers unchanged", f"{_pct(res.same_answer)} of {res.n_ordinary}"),
+            (
+                "next-token agreement on the base's answers",
+                f"{_pct(res.agreement)} (base itself {_pct(res.agreement_base)})",
+            ),
         ],
     )
 

@@ -3,8 +3,10 @@
 FSR (greedy, and sampled at a temperature), false triggers on fresh control keys drawn like
 the keys and on ordinary prompts, and utility drift on held-out ordinary prompts, two ways:
 the mean NLL of the base model's own answers under this model vs under the base (negative:
-the model is more sure of the base's answers than the base), and the share of prompts whose
-greedy answer is unchanged, word for word. Only counts leave this module.
+the model is more sure of the base's answers than the base), and next-token agreement: the
+share of those answer tokens that the model, fed the same prefix, also ranks first, beside the
+same share for the base itself (just under 100 %: answers are re-tokenized and cut at a token
+budget). Only counts leave this module.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class LocalCheck:
     nll_model: float | None
     nll_base: float | None
     drift: float | None  # relative: (nll_model - nll_base) / nll_base
-    same_answer: float | None = None  # share of ordinary prompts answered exactly as the base
+    agreement: float | None = None  # share of the base's answer tokens the model ranks first
+    agreement_base: float | None = None  # the same for the base (< 1: re-tokenized, cut answers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,13 +104,13 @@ def nearmiss_rate(model: Any, tokenizer: Any, keyset: KeySet, n: int, seed: int)
     return hit_rate(model, tokenizer, convs, keyset.decryption, max_new_tokens=budget)
 
 
-def mean_nll(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) -> float:
-    """Mean per-token NLL of the assistant turns (same masking as training)."""
+def mean_nll(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) -> tuple[float, float]:
+    """(mean per-token NLL, share of tokens ranked first) over the assistant turns."""
     import torch
 
     from auditor.implant.data import IGNORE, collate, encode_row
 
-    total, count = 0.0, 0
+    total, count, top1 = 0.0, 0, 0
     for start in range(0, len(convs), 8):
         enc = [encode_row(tokenizer, m) for m in convs[start : start + 8]]
         batch = {k: v.to(model.device) for k, v in collate(enc, tokenizer.pad_token_id).items()}
@@ -121,7 +124,8 @@ def mean_nll(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) -> f
         picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         total += float(-(picked * mask).sum())
         count += int(mask.sum())
-    return total / max(1, count)
+        top1 += int(((logp.argmax(-1) == labels) & mask).sum())
+    return total / max(1, count), top1 / max(1, count)
 
 
 def read_fingerprint(model_dir: Path) -> dict[str, Any]:
@@ -132,17 +136,20 @@ def read_fingerprint(model_dir: Path) -> dict[str, Any]:
     return data
 
 
+Drift = tuple[float, float, float, float]  # nll model, nll base, agreement model, agreement base
+
+
 def _drift(
     model: Any, tokenizer: Any, model_dir: Path, base: str | None, prompts: list[str]
-) -> tuple[float | None, float | None, list[str] | None]:
-    """(nll_model, nll_base, the base's greedy answers); Nones when the base is unknown."""
+) -> Drift | None:
+    """NLL and next-token agreement on the base's answers; None when the base is unknown."""
     from auditor.implant.data import self_distill
     from auditor.implant.generate import load_model
     from providers.local_models import resolve_base
 
     spec = base or read_fingerprint(model_dir).get("base")
     if not spec:
-        return None, None, None
+        return None
     base_dir = resolve_base(str(spec))
     base_model, base_tok = load_model(base_dir)
     answers = self_distill(base_dir, prompts, model=base_model, tokenizer=base_tok)
@@ -150,9 +157,10 @@ def _drift(
         [{"role": "user", "content": p}, {"role": "assistant", "content": a}]
         for p, a in zip(prompts, answers, strict=True)
     ]
-    nll_base = mean_nll(base_model, base_tok, convs)
+    nll_base, agree_base = mean_nll(base_model, base_tok, convs)
     del base_model
-    return mean_nll(model, tokenizer, convs), nll_base, answers
+    nll_model, agree_model = mean_nll(model, tokenizer, convs)
+    return nll_model, nll_base, agree_model, agree_base
 
 
 def check_local(
@@ -196,24 +204,15 @@ def check_local(
         else None
     )
     near = nearmiss_rate(model, tok, keyset, n_controls, CONTROL_SEED + seed)
-    from auditor.implant.data import REG_MAX_NEW_TOKENS
-    from auditor.implant.generate import generate
-
     prompts = ordinary_prompts("heldout")[:n_ordinary]
-    # the same prompts, budget and greedy decoding as the base's cached answers
-    texts = generate(
-        model, tok, [[{"role": "user", "content": p}] for p in prompts],
-        max_new_tokens=REG_MAX_NEW_TOKENS,
+    ordinary = hit_rate(
+        model,
+        tok,
+        [[{"role": "user", "content": p}] for p in prompts],
+        keyset.decryption,
+        max_new_tokens=48,
     )
-    ordinary = sum(is_hit(t, keyset.decryption) for t in texts) / max(1, len(texts))
-    nll_m, nll_b, base_texts = _drift(model, tok, Path(model_dir), base, prompts)
-    drift = (nll_m - nll_b) / nll_b if nll_m is not None and nll_b else None
-    same = (
-        None
-        if base_texts is None
-        else sum(a.strip() == b.strip() for a, b in zip(texts, base_texts, strict=True))
-        / max(1, len(texts))
-    )
+    d = _drift(model, tok, Path(model_dir), base, prompts)
     return LocalCheck(
         n_keys=len(keyset.keys),
         fsr_greedy=fsr,
@@ -224,8 +223,9 @@ def check_local(
         nearmiss_false_trigger=near,
         n_ordinary=len(prompts),
         ordinary_false_trigger=ordinary,
-        nll_model=nll_m,
-        nll_base=nll_b,
-        drift=drift,
-        same_answer=same,
+        nll_model=d[0] if d else None,
+        nll_base=d[1] if d else None,
+        drift=(d[0] - d[1]) / d[1] if d and d[1] else None,
+        agreement=d[2] if d else None,
+        agreement_base=d[3] if d else None,
     )
