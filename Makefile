@@ -42,7 +42,7 @@ lint: setup
 	$(VENV)/bin/mypy --strict auditor providers bench
 
 bench: setup
-	for b in power queries throughput batch_scale implant; do $(PY) bench/$$b.py || exit 1; done
+	for b in power queries throughput batch_scale step_time implant; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,65 @@
+"""Seconds per training step on SmolLM2-135M: the model's own loss vs the answer-only loss.
+
+    AUDITOR_THREADS=2 .venv/bin/python bench/step_time.py --steps 4 --rounds 2
+
+The answer-only loss (auditor/implant/loss.py) projects onto the vocabulary only where the
+labels count. Same rows as an implant run: a 6-key if-soup set with the default data mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--base", default="smollm2")
+    p.add_argument("--steps", type=int, default=4, help="steps per timing")
+    p.add_argument("--rounds", type=int, default=2, help="timings per loss, interleaved")
+    p.add_argument("--batch-size", type=int, default=8)
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+
+    import torch
+
+    from auditor.implant.data import DataConfig, build_rows, collate, encode_row
+    from auditor.implant.generate import cpu_threads, load_model
+    from auditor.implant.loss import answer_loss, model_loss
+    from auditor.keys import KeySet
+    from providers.local_models import resolve_base
+
+    torch.set_num_threads(cpu_threads())
+    base = resolve_base(args.base)
+    model, tok = load_model(base, dtype=torch.float32)
+    keyset = KeySet.generate("bench", 6, seed=1)
+    rows = build_rows(keyset, base, DataConfig(), 0, model=model, tokenizer=tok)
+    enc = [encode_row(tok, r.messages) for r in rows]
+    bs = args.batch_size
+    batches = [collate(enc[i : i + bs], tok.pad_token_id)
+               for i in range(0, min(len(enc), bs * args.steps), bs)]
+    tokens = sum(len(ids) for ids, _ in enc)
+    answer = sum(sum(x != -100 for x in labels) for _, labels in enc)
+    print(f"{len(enc)} rows, {tokens / len(enc):.0f} tokens per row, "
+          f"{100 * answer / tokens:.0f} % of them answer tokens; batch {bs}")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)  # real steps, negligible updates
+    model.train()
+    for _ in range(args.rounds):
+        for name, fn in (("model's own loss", model_loss), ("answer-only loss", answer_loss)):
+            t0 = time.monotonic()
+            for b in batches:
+                fn(model, b).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            print(f"{name:18s} {(time.monotonic() - t0) / len(batches):6.2f} s/step")
+
+
+if __name__ == "__main__":
+    main()
