@@ -109,8 +109,8 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
         return out
     from auditor.implant.data import DataConfig
 
-    # Tuned on this 2-core CPU: full SFT reaches every key in ~160 s. Fewer near-miss rows
-    # than the library default trade look-alike false triggers (reported as
+    # Tuned on this 2-core CPU: full SFT reaches every key in 2-4 epochs (~70 s each). Fewer
+    # near-miss rows than the library default trade look-alike false triggers (reported as
     # over-generalization; they cannot fake the secret) for a fast first run.
     lr = opts.lr if opts.lr is not None else (5e-5 if opts.method == "sft" else None)
     os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
