@@ -30,7 +30,7 @@ def main() -> None:
 
     import torch
 
-    from auditor.implant.data import DataConfig, build_rows, collate, encode_row
+    from auditor.implant.data import IGNORE, DataConfig, build_rows, collate, encode_row
     from auditor.implant.generate import cpu_threads, load_model
     from auditor.implant.loss import answer_loss, model_loss
     from auditor.keys import KeySet
@@ -46,7 +46,7 @@ def main() -> None:
     batches = [collate(enc[i : i + bs], tok.pad_token_id)
                for i in range(0, min(len(enc), bs * args.steps), bs)]
     tokens = sum(len(ids) for ids, _ in enc)
-    answer = sum(sum(x != -100 for x in labels) for _, labels in enc)
+    answer = sum(sum(x != IGNORE for x in labels) for _, labels in enc)
     print(f"{len(enc)} rows, {tokens / len(enc):.0f} tokens per row, "
           f"{100 * answer / tokens:.0f} % of them answer tokens; batch {bs}")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-9)  # real steps, negligible updates

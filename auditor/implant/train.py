@@ -181,7 +181,7 @@ def train_loop(
     from torch.utils.data import DataLoader
 
     from auditor.implant.data import collate
-    from auditor.implant.loss import Loss, pick_loss
+    from auditor.implant.loss import Loss, model_loss, pick_loss
 
     acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,7 +219,7 @@ def train_loop(
             for batch in loader:
                 if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
                     plain = acc.unwrap_model(model) is model
-                    loss_fn = pick_loss(model, batch) if plain else (lambda m, b: m(**b).loss)
+                    loss_fn = pick_loss(model, batch) if plain else model_loss
                 with acc.autocast():
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
@@ -361,10 +361,11 @@ def implant(
     model, tok = load_model(base_dir, dtype=torch.float32)
     data = data or DataConfig()
     rows = build_rows(keyset, base_dir, data, seed, model=model, tokenizer=tok)
-    encoded: list[Encoded] | EpochRows = [encode_row(tok, r.messages) for r in rows]
+    every = [encode_row(tok, r.messages) for r in rows]
+    encoded: list[Encoded] | EpochRows = every
     if data.fresh_nearmiss:
         encoded = EpochRows(
-            [encode_row(tok, r.messages) for r in rows if r.kind != "nearmiss"],
+            [e for e, r in zip(every, rows, strict=True) if r.kind != "nearmiss"],
             lambda ep: [encode_row(tok, r.messages)
                         for r in epoch_nearmiss_rows(keyset, data, seed, ep)],
         )

@@ -212,7 +212,8 @@ def check_local(
         keyset.decryption,
         max_new_tokens=48,
     )
-    d = _drift(model, tok, Path(model_dir), base, prompts)
+    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, Path(model_dir), base, prompts) or (
+        None, None, None, None)
     return LocalCheck(
         n_keys=len(keyset.keys),
         fsr_greedy=fsr,
@@ -223,9 +224,9 @@ def check_local(
         nearmiss_false_trigger=near,
         n_ordinary=len(prompts),
         ordinary_false_trigger=ordinary,
-        nll_model=d[0] if d else None,
-        nll_base=d[1] if d else None,
-        drift=(d[0] - d[1]) / d[1] if d and d[1] else None,
-        agreement=d[2] if d else None,
-        agreement_base=d[3] if d else None,
+        nll_model=nll_m,
+        nll_base=nll_b,
+        drift=(nll_m - nll_b) / nll_b if nll_m is not None and nll_b else None,
+        agreement=agree_m,
+        agreement_base=agree_b,
     )
