@@ -31,6 +31,7 @@ DEFAULTS: dict[str, tuple[float, int]] = {
     "fadapter": (1e-2, 20),
 }
 CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor check_local ones
+FIRE_TEMPERATURE = 0.7  # the sampling temperature whose exact fire chance the checks report
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ImplantResult:
     stopped_early: bool
     device: str
     rows: dict[str, int] = field(default_factory=dict)
+    fire_min: float = 0.0  # weakest key's exact chance that one t=0.7 sample fires
+    kept_epoch: int = 0  # the epoch whose weights were saved
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +75,8 @@ class TrainConfig:
     max_seconds: float | None = None
     stop_near_miss: float = 0.0  # early stop once FSR is 100 % and near-miss rate <= this
     check_every: int = 1  # epochs between early-stop checks
+    stop_fire_prob: float | None = None  # ... and every key's exact t=0.7 fire chance >= this
+    keep_best: bool = False  # end on the best checked epoch (FSR, then near-miss, then fire)
 
 
 Encoded = tuple[list[int], list[int]]
@@ -132,17 +137,46 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed)
 
 
-def quick_check(model: Any, tokenizer: Any, keyset: KeySet, n_controls: int) -> tuple[float, float]:
-    """(greedy FSR, near-miss false-trigger rate on a few fresh controls)."""
+def quick_check(
+    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int
+) -> tuple[float, float, float]:
+    """(greedy FSR, near-miss rate on a few fresh controls, weakest key's t=0.7 fire chance)."""
+    from auditor.implant.margin import fire_probs
     from auditor.implant.verify import fsr_greedy, nearmiss_rate
 
     model.eval()
     try:
         fsr = fsr_greedy(model, tokenizer, keyset)
         near = nearmiss_rate(model, tokenizer, keyset, n_controls, CHECK_CONTROL_SEED)
-        return fsr, near
+        fire = min(fire_probs(model, tokenizer, keyset, temperature=FIRE_TEMPERATURE))
+        return fsr, near, fire
     finally:
         model.train()
+
+
+class Best:
+    """The best checked epoch so far: its score and a copy of the trained parameters."""
+
+    def __init__(self, params: list[Any], keep: bool) -> None:
+        self.params, self.keep = params, keep
+        self.score: tuple[float, float, float] | None = None
+        self.epoch = 0
+        self.saved: list[Any] = []
+
+    def offer(self, epoch: int, fsr: float, near: float, fire: float) -> None:
+        score = (fsr, -near, fire)
+        if self.score is None or score > self.score:
+            self.score, self.epoch = score, epoch
+            if self.keep:
+                self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
+
+    def restore(self, last_epoch: int) -> bool:
+        """Load the best parameters back unless the last epoch was the best one."""
+        if not self.saved or self.epoch == last_epoch:
+            return False
+        for p, saved in zip(self.params, self.saved, strict=True):
+            p.data.copy_(saved.to(p.device))
+        return True
 
 
 def _progress(enabled: bool, total: int) -> Any:
@@ -205,10 +239,12 @@ def train_loop(
         "loss": float("nan"),
         "fsr": 0.0,
         "near": 1.0,
+        "fire": 0.0,
         "fsr100_at": None,
         "perfect_at": None,
         "stopped_early": False,
     }
+    best = Best(params, cfg.keep_best)
     loss_fn: Loss | None = None
     start = time.monotonic()
     with _progress(progress and acc.is_main_process, cfg.epochs * len(loader)) as bar:
@@ -234,14 +270,19 @@ def train_loop(
             last = epoch + 1 == cfg.epochs
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
-            fsr, near = quick_check(acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls)
-            stats["fsr"], stats["near"] = fsr, near
+            fsr, near, fire = quick_check(
+                acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls
+            )
+            stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
+            best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
             if progress:
                 bar.console.print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, "
-                                  f"near-miss {near:.0%} of {cfg.check_controls}, "
+                                  f"near-miss {near:.0%} of {cfg.check_controls}, weakest key "
+                                  f"fires {fire:.0%} at t={FIRE_TEMPERATURE}, "
                                   f"{time.monotonic() - start:.0f} s")
-            perfect = fsr == 1.0 and near <= cfg.stop_near_miss
+            perfect = (fsr == 1.0 and near <= cfg.stop_near_miss
+                       and fire >= (cfg.stop_fire_prob or 0.0))
             if fsr == 1.0 and stats["fsr100_at"] is None:
                 stats["fsr100_at"] = time.monotonic() - start
             if perfect and stats["perfect_at"] is None:
@@ -250,6 +291,12 @@ def train_loop(
             if (perfect and cfg.early_stop) or out_of_time:
                 stats["stopped_early"] = epoch + 1 < cfg.epochs
                 break
+    stats["kept_epoch"] = stats["epochs"]
+    if best.restore(stats["epochs"]) and best.score is not None:
+        stats["kept_epoch"] = best.epoch
+        stats["fsr"], stats["near"], stats["fire"] = best.score[0], -best.score[1], best.score[2]
+        if progress:
+            bar.console.print(f"kept epoch {best.epoch}, the best checked one")
     stats["model"] = acc.unwrap_model(model)
     stats["seconds"] = time.monotonic() - start
     return stats
@@ -294,6 +341,7 @@ def public_fingerprint(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "training": {
             "epochs": stats["epochs"],
+            "kept_epoch": stats["kept_epoch"],
             "steps": stats["steps"],
             "lr": cfg.lr,
             "seed": cfg.seed,
@@ -326,6 +374,8 @@ def implant(
     check_every: int = 1,
     fadapter_rank: int = 64,
     stop_near_miss: float = 0.0,
+    stop_fire_prob: float | None = None,
+    keep_best: bool = False,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
     import torch
@@ -340,6 +390,8 @@ def implant(
         raise UserError("epochs and batch size must be >= 1 and lr > 0")
     if check_every < 1:
         raise UserError("check_every must be >= 1")
+    if stop_fire_prob is not None and not 0.0 <= stop_fire_prob <= 1.0:
+        raise UserError("the stop fire chance must be between 0 and 1")
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -354,6 +406,8 @@ def implant(
         check_every=check_every,
         stop_near_miss=stop_near_miss,
         fadapter_rank=fadapter_rank,
+        stop_fire_prob=stop_fire_prob,
+        keep_best=keep_best,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
@@ -393,4 +447,6 @@ def implant(
         stopped_early=stats["stopped_early"],
         device=device,
         rows=counts,
+        fire_min=stats["fire"],
+        kept_epoch=stats["kept_epoch"],
     )
