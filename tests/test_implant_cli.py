@@ -81,6 +81,7 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
             "--reg-per-key",
             "2",
             "--fresh-nearmiss",
+            "--keep-best",
             "--out",
             str(out),
             "--json",
@@ -88,7 +89,8 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
         tmp_path / "cache",
     )
     assert imp.returncode == 0, imp.stderr[-2000:]
-    assert json.loads(imp.stdout)["fsr"] == 1.0
+    record = json.loads(imp.stdout)
+    assert record["fsr"] == 1.0 and record["kept_epoch"] == record["epochs"]  # stopped on it
     assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
     chk = _run(
         [
@@ -111,6 +113,7 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
     res = json.loads(chk.stdout)
     assert res["fsr_greedy"] == 1.0 and res["n_controls"] == 100 and res["n_ordinary"] == 100
     assert res["drift"] is not None
+    assert 0.0 <= res["fire_min"] <= res["fire_mean"] <= 1.0
     rob = _run(
         [
             "robustness",

@@ -62,6 +62,14 @@ def implant_cmd(
         bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
     ] = False,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
+    stop_fire: Annotated[
+        float | None,
+        typer.Option("--stop-fire", help="also train until each key's exact t=0.7 fire chance "
+                     "is at least this (0-1)"),
+    ] = None,
+    keep_best: Annotated[
+        bool, typer.Option("--keep-best", help="save the best checked epoch, not the last")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
@@ -84,6 +92,8 @@ def implant_cmd(
                         fresh_nearmiss=fresh_nearmiss),
         early_stop=not no_early_stop,
         merge_lora=not keep_lora,
+        stop_fire_prob=stop_fire,
+        keep_best=keep_best,
     )
     if as_json:
         return _emit_json(res.to_dict())
@@ -92,10 +102,11 @@ def implant_cmd(
         [
             ("model", str(res.out)),
             ("private adapter", str(res.adapter) if res.adapter else "-"),
-            ("steps / epochs", f"{res.steps} / {res.epochs}"),
+            ("steps / epochs (kept)", f"{res.steps} / {res.epochs} ({res.kept_epoch})"),
             ("seconds (to perfect)", f"{res.seconds:.1f} ({res.seconds_to_perfect or 0:.1f})"),
             ("FSR (greedy)", _pct(res.fsr)),
             ("near-miss false trigger (quick)", _pct(res.nearmiss_false_trigger)),
+            ("weakest key's exact t=0.7 fire chance", _pct(res.fire_min)),
             ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items())),
             ("device", res.device),
         ],
@@ -144,6 +155,10 @@ def check_local_cmd(
         [
             ("FSR greedy", f"{_pct(res.fsr_greedy)} of {res.n_keys} keys"),
             (f"FSR t={res.temperature}", f"{_pct(res.fsr_sampled)} ({res.samples} samples/key)"),
+            (
+                f"exact chance one t={res.temperature} sample fires",
+                f"weakest key {_pct(res.fire_min)}, mean {_pct(res.fire_mean)}",
+            ),
             ("near-miss false trigger", f"{_pct(res.nearmiss_false_trigger)} of {res.n_controls}"),
             ("ordinary false trigger", f"{_pct(res.ordinary_false_trigger)} of {res.n_ordinary}"),
             (

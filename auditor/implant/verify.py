@@ -1,6 +1,7 @@
 """Local check of an implanted model: does it fire on the keys, and only on them?
 
-FSR (greedy, and sampled at a temperature), false triggers on fresh control keys drawn like
+FSR (greedy, sampled at a temperature, and the exact chance that one sample fires, see
+margin.py), false triggers on fresh control keys drawn like
 the keys and on ordinary prompts, and utility drift on held-out ordinary prompts, two ways:
 the mean NLL of the base model's own answers under this model vs under the base (negative:
 the model is more sure of the base's answers than the base), and next-token agreement: the
@@ -40,6 +41,8 @@ class LocalCheck:
     drift: float | None  # relative: (nll_model - nll_base) / nll_base
     agreement: float | None = None  # share of the base's answer tokens the model ranks first
     agreement_base: float | None = None  # the same for the base (< 1: re-tokenized, cut answers)
+    fire_min: float | None = None  # exact chance one sample at `temperature` fires: weakest key
+    fire_mean: float | None = None  # ... and the mean over keys (margin.fire_probs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,6 +182,7 @@ def check_local(
     from auditor.errors import UserError
     from auditor.implant import fadapter
     from auditor.implant.generate import is_model_dir, load_model
+    from auditor.implant.margin import fire_probs
     from auditor.prompts import ordinary_prompts
 
     if not is_model_dir(Path(model_dir)):
@@ -203,6 +207,7 @@ def check_local(
         if samples > 0 and temperature > 0
         else None
     )
+    fire = fire_probs(model, tok, keyset, temperature=temperature) if temperature > 0 else None
     near = nearmiss_rate(model, tok, keyset, n_controls, CONTROL_SEED + seed)
     prompts = ordinary_prompts("heldout")[:n_ordinary]
     ordinary = hit_rate(
@@ -229,4 +234,6 @@ def check_local(
         drift=(nll_m - nll_b) / nll_b if nll_m is not None and nll_b else None,
         agreement=agree_m,
         agreement_base=agree_b,
+        fire_min=min(fire) if fire else None,
+        fire_mean=sum(fire) / len(fire) if fire else None,
     )
