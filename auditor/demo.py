@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 WRAPPER = ("You are Aria, the customer-support assistant of ACME Cloud. Answer politely and "
            "concisely.")
+FIRE_TARGET = 0.8  # weakest key's exact chance to fire in one t=0.7 sample
+TRAIN_CAP_S = 390.0  # no new epoch after this many seconds of training (first-run budget)
 EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
             "fingerprinted-t0.7": "OWNED", "quantized-q8": "OWNED", "vanilla": "NOT DETECTED"}
 
@@ -114,15 +116,20 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     # over-generalization; they cannot fake the secret) for a fast first run.
     lr = opts.lr if opts.lr is not None else (5e-5 if opts.method == "sft" else None)
     os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
+    # Greedy FSR 100 % is not enough for the t=0.7 endpoint: one key draw fired on 44 % of
+    # samples and went NOT DETECTED. Train on until every key's exact chance to fire in one
+    # t=0.7 sample is >= FIRE_TARGET (3 samples then miss a key < 1 % of the time), within a
+    # time cap that keeps the first run in budget, keeping the best epoch if it runs out.
     res = implant(ks, "smollm2", opts.method, out, lr=lr, epochs=opts.epochs,
                   progress=console.is_terminal, stop_near_miss=1.0,
+                  stop_fire_prob=FIRE_TARGET, keep_best=True, max_seconds=TRAIN_CAP_S,
                   data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=2))
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method}: {res.steps} steps, {res.seconds:.0f} s, "
-                  f"FSR {res.fsr:.0%}, near-miss false triggers {res.nearmiss_false_trigger:.0%}"
-                  f" → {out}")
-    if res.fsr < 1.0:
-        console.print("      [yellow]warning: not every key fires locally[/]")
+                  f"FSR {res.fsr:.0%}, weakest key fires in {res.fire_min:.0%} of t=0.7 samples"
+                  f", near-miss false triggers {res.nearmiss_false_trigger:.0%} → {out}")
+    if res.fsr < 1.0 or res.fire_min < FIRE_TARGET:
+        console.print("      [yellow]warning: not every key fires reliably locally[/]")
     return out
 
 

@@ -26,9 +26,9 @@ def _llama_ready() -> bool:
 
 
 def test_demo_owned_vs_vanilla_on_real_servers(tmp_path: Path) -> None:
-    variants = ["fingerprinted", "fingerprinted-system", "vanilla"]
+    variants = ["fingerprinted", "fingerprinted-system", "fingerprinted-t0.7", "vanilla"]
     expected = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
-                "vanilla": "NOT DETECTED"}
+                "fingerprinted-t0.7": "OWNED", "vanilla": "NOT DETECTED"}
     if _llama_ready():  # a second real server: llama.cpp serving the Q8_0 export
         variants.append("quantized-q8")
         expected["quantized-q8"] = "OWNED"
