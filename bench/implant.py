@@ -1,8 +1,9 @@
 """Implant benchmark on SmolLM2-135M (CPU): one child process per method, then a table.
 
-Per method: seconds to FSR 100 %, peak RSS, FSR at t=0.7, near-miss and ordinary false-trigger
-rates, utility drift (NLL of the base's own answers, and the share of their tokens the model
-ranks first, beside the base's own share), and FSR after each robustness attack.
+Per method: seconds to FSR 100 %, peak RSS, FSR at t=0.7, the exact chance that one t=0.7
+sample fires (weakest key), near-miss and ordinary false-trigger rates, utility drift (NLL of
+the base's own answers, and the share of their tokens the model ranks first, beside the base's
+own share), and FSR after each robustness attack.
 
     .venv/bin/python bench/implant.py                       # all methods, all attacks
     .venv/bin/python bench/implant.py --methods lora --attacks user-sft,system-prompt \\
@@ -31,7 +32,7 @@ from bench.machine import machine  # noqa: E402
 
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
-FLAGS = ("progress", "fresh_nearmiss")  # store_true options, passed on only when set
+FLAGS = ("progress", "fresh_nearmiss", "keep_best")  # store_true options, passed on only when set
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
@@ -51,7 +52,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     data = DataConfig(**mix, fresh_nearmiss=args.fresh_nearmiss)
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
-                  check_controls=args.check_controls)
+                  check_controls=args.check_controls, keep_best=args.keep_best,
+                  stop_fire_prob=args.stop_fire)
     row: dict[str, Any] = {
         "method": args.one,
         "implant": res.to_dict(),
@@ -97,9 +99,11 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
         "method",
         "s to FSR100",
         "steps",
+        "kept epoch",
         "peak RSS MB",
         "FSR",
         "FSR t=0.7",
+        "t=0.7 fire chance (weakest)",
         "near-miss FT",
         "ordinary FT",
         "drift",
@@ -116,9 +120,11 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             r["method"],
             "-" if imp["seconds_to_fsr100"] is None else f"{imp['seconds_to_fsr100']:.0f}",
             str(imp["steps"]),
+            f"{imp.get('kept_epoch', 0)}/{imp['epochs']}",
             f"{r['peak_rss_mb']:.0f}",
             _pct(chk["fsr_greedy"]),
             _pct(chk["fsr_sampled"]),
+            _pct(chk.get("fire_min")),
             _pct(chk["nearmiss_false_trigger"]),
             _pct(chk["ordinary_false_trigger"]),
             "-" if chk["drift"] is None else f"{100 * chk['drift']:+.2f}%",
@@ -152,6 +158,10 @@ def main() -> None:
                    help="redraw the near-miss rows every epoch")
     p.add_argument("--stop-near-miss", type=float, default=0.0,
                    help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
+    p.add_argument("--stop-fire", type=float, default=None,
+                   help="... and each key's exact t=0.7 fire chance is at least this")
+    p.add_argument("--keep-best", action="store_true",
+                   help="save the best checked epoch (FSR, then near-miss, then fire chance)")
     p.add_argument("--check-controls", type=int, default=10,
                    help="fresh controls in the per-epoch quick check")
     p.add_argument("--json-out", type=Path, default=None)
