@@ -81,6 +81,17 @@ def test_best_keeps_the_best_checked_parameters() -> None:
     assert not best.restore(2)  # the last epoch was the best: nothing to load
 
 
+def test_best_prefers_meeting_the_stop_rule() -> None:
+    """With near-misses allowed (the demo), a surer weakest key beats fewer near-misses."""
+    from auditor.implant.train import Best
+
+    best = Best([], keep=False, near_ok=1.0, fire_ok=0.8)
+    best.offer(6, fsr=1.0, near=0.4, fire=0.68)
+    best.offer(8, fsr=1.0, near=0.6, fire=0.81)
+    best.offer(9, fsr=0.9, near=0.0, fire=0.95)
+    assert best.epoch == 8 and best.figures == (1.0, 0.6, 0.81)
+
+
 @pytest.mark.slow
 def test_implant_saves_the_kept_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The saved model scores what the run reports for the epoch it kept."""

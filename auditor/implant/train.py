@@ -155,18 +155,25 @@ def quick_check(
 
 
 class Best:
-    """The best checked epoch so far: its score and a copy of the trained parameters."""
+    """The best checked epoch so far: its score and a copy of the trained parameters.
 
-    def __init__(self, params: list[Any], keep: bool) -> None:
+    Better means: more keys fire; then the stop rule's near-miss and fire-chance parts are met;
+    then fewer near-misses fire; then the weakest key fires more often at t=0.7.
+    """
+
+    def __init__(self, params: list[Any], keep: bool, near_ok: float = 0.0,
+                 fire_ok: float = 0.0) -> None:
         self.params, self.keep = params, keep
-        self.score: tuple[float, float, float] | None = None
+        self.near_ok, self.fire_ok = near_ok, fire_ok
+        self.score: tuple[float, bool, bool, float, float] | None = None
+        self.figures = (0.0, 1.0, 0.0)
         self.epoch = 0
         self.saved: list[Any] = []
 
     def offer(self, epoch: int, fsr: float, near: float, fire: float) -> None:
-        score = (fsr, -near, fire)
+        score = (fsr, near <= self.near_ok, fire >= self.fire_ok, -near, fire)
         if self.score is None or score > self.score:
-            self.score, self.epoch = score, epoch
+            self.score, self.epoch, self.figures = score, epoch, (fsr, near, fire)
             if self.keep:
                 self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
 
@@ -244,7 +251,7 @@ def train_loop(
         "perfect_at": None,
         "stopped_early": False,
     }
-    best = Best(params, cfg.keep_best)
+    best = Best(params, cfg.keep_best, cfg.stop_near_miss, cfg.stop_fire_prob or 0.0)
     loss_fn: Loss | None = None
     start = time.monotonic()
     with _progress(progress and acc.is_main_process, cfg.epochs * len(loader)) as bar:
@@ -292,9 +299,9 @@ def train_loop(
                 stats["stopped_early"] = epoch + 1 < cfg.epochs
                 break
     stats["kept_epoch"] = stats["epochs"]
-    if best.restore(stats["epochs"]) and best.score is not None:
+    if best.restore(stats["epochs"]):
         stats["kept_epoch"] = best.epoch
-        stats["fsr"], stats["near"], stats["fire"] = best.score[0], -best.score[1], best.score[2]
+        stats["fsr"], stats["near"], stats["fire"] = best.figures
         if progress:
             bar.console.print(f"kept epoch {best.epoch}, the best checked one")
     stats["model"] = acc.unwrap_model(model)
