@@ -120,10 +120,12 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     # samples and went NOT DETECTED. Train on until every key's exact chance to fire in one
     # t=0.7 sample is >= FIRE_TARGET (3 samples then miss a key < 1 % of the time), within a
     # time cap that keeps the first run in budget, keeping the best epoch if it runs out.
+    # Key rows 3x per epoch: on one key draw, 2x reached 68 % at epoch 6 (81 % at 8), 3x 99 %
+    # at epoch 3.
     res = implant(ks, "smollm2", opts.method, out, lr=lr, epochs=opts.epochs,
                   progress=console.is_terminal, stop_near_miss=1.0,
                   stop_fire_prob=FIRE_TARGET, keep_best=True, max_seconds=TRAIN_CAP_S,
-                  data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=2))
+                  data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=3))
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method}: {res.steps} steps, {res.seconds:.0f} s, "
                   f"FSR {res.fsr:.0%}, weakest key fires in {res.fire_min:.0%} of t=0.7 samples"
