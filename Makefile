@@ -39,7 +39,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check auditor providers tests bench
-	$(VENV)/bin/mypy --strict auditor providers bench
+	$(VENV)/bin/mypy --strict auditor providers bench tests
 
 bench: setup
 	for b in power queries throughput batch_scale step_time implant; do $(PY) bench/$$b.py || exit 1; done

@@ -23,7 +23,7 @@ def test_warm_up_sends_one_request_at_the_servers_temperature(tmp_path: Path) ->
         _pointing_at(srv, tmp_path, None).warm_up()  # a plain server needs none
     assert len(srv.requests) == 1
     body = srv.requests[0].json
-    assert srv.requests[0].path == "/v1/chat/completions"
+    assert body is not None and srv.requests[0].path == "/v1/chat/completions"
     assert body["temperature"] == 0.7 and body["model"] == "/models/fp" and body["max_tokens"] <= 4
 
 
