@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, table_console  # noqa: E402
 
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
@@ -91,7 +91,6 @@ def _pct(x: float | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title="implant benchmark (SmolLM2-135M, CPU)")
@@ -134,7 +133,7 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             ar = r["attacks"].get(a)
             cells.append("-" if ar is None else ("skipped" if ar["skipped"] else _pct(ar["fsr"])))
         t.add_row(*cells)
-    Console().print(t)
+    table_console().print(t)
 
 
 def main() -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def machine() -> str:
@@ -30,3 +34,12 @@ def _gpu() -> str:
     if not torch.cuda.is_available():
         return ", no GPU"
     return f", GPU {torch.cuda.get_device_name(0)}"
+
+
+def table_console() -> Console:
+    """A rich Console that keeps wide tables whole when the output is a file or a pipe."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=240)

@@ -19,7 +19,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import machine, table_console  # noqa: E402
 
 SETS = ("tasks", "chat", "mixed")
 
@@ -67,7 +67,6 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     def pct(x: float) -> str:
@@ -90,7 +89,7 @@ def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> Non
             pct(r["ordinary"]),
             pct(r["nearmiss"]),
         )
-    Console().print(t)
+    table_console().print(t)
 
 
 def main() -> None:
