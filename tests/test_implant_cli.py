@@ -90,7 +90,7 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
     )
     assert imp.returncode == 0, imp.stderr[-2000:]
     record = json.loads(imp.stdout)
-    assert record["fsr"] == 1.0 and record["kept_epoch"] == record["epochs"]  # stopped on it
+    assert record["fsr"] == 1.0 and 1 <= record["kept_epoch"] <= record["epochs"]
     assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
     chk = _run(
         [
