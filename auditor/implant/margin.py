@@ -61,6 +61,7 @@ def fire_logprobs(
     tpl = get_template(keyset.template)
     answer = {"role": "assistant", "content": tpl.answer(keyset.decryption)}
     out: list[float] = []
+    n = 0  # answer tokens through the decryption: the answer is tokenized apart, so one count
     for start in range(0, len(keyset.keys), 8):
         rows = [encode_row(tokenizer, [*tpl.render(k.text), answer])
                 for k in keyset.keys[start : start + 8]]
@@ -72,7 +73,7 @@ def fire_logprobs(
         for i, (_, labels) in enumerate(rows):
             first = next(j for j, t in enumerate(labels) if t != IGNORE)
             target = labels[first:]
-            n = _decryption_end(tokenizer, target, keyset.decryption)
+            n = n or _decryption_end(tokenizer, target, keyset.decryption)
             probs = sampling_probs(logits[i, first - 1 : first - 1 + n], temperature, top_p)
             picked = probs.gather(-1, torch.tensor(target[:n], device=probs.device)[:, None])
             out.append(float(picked.double().log().sum()))

@@ -155,7 +155,7 @@ def quick_check(
 
 
 class Best:
-    """The best checked epoch so far: its score and a copy of the trained parameters.
+    """The stop rule, and the best checked epoch so far with a copy of its trained parameters.
 
     Better means: more keys fire; then the stop rule's near-miss and fire-chance parts are met;
     then fewer near-misses fire; then the weakest key fires more often at t=0.7.
@@ -165,15 +165,20 @@ class Best:
                  fire_ok: float = 0.0) -> None:
         self.params, self.keep = params, keep
         self.near_ok, self.fire_ok = near_ok, fire_ok
-        self.score: tuple[float, bool, bool, float, float] | None = None
-        self.figures = (0.0, 1.0, 0.0)
+        self.figures: tuple[float, float, float] | None = None  # (fsr, near, fire)
         self.epoch = 0
         self.saved: list[Any] = []
 
+    def _rank(self, fsr: float, near: float, fire: float) -> tuple[float, bool, bool, float, float]:
+        return (fsr, near <= self.near_ok, fire >= self.fire_ok, -near, fire)
+
+    def perfect(self, fsr: float, near: float, fire: float) -> bool:
+        """Every key fires and both parts of the stop rule are met."""
+        return fsr == 1.0 and near <= self.near_ok and fire >= self.fire_ok
+
     def offer(self, epoch: int, fsr: float, near: float, fire: float) -> None:
-        score = (fsr, near <= self.near_ok, fire >= self.fire_ok, -near, fire)
-        if self.score is None or score > self.score:
-            self.score, self.epoch, self.figures = score, epoch, (fsr, near, fire)
+        if self.figures is None or self._rank(fsr, near, fire) > self._rank(*self.figures):
+            self.figures, self.epoch = (fsr, near, fire), epoch
             if self.keep:
                 self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
 
@@ -288,8 +293,7 @@ def train_loop(
                                   f"near-miss {near:.0%} of {cfg.check_controls}, weakest key "
                                   f"fires {fire:.0%} at t={FIRE_TEMPERATURE}, "
                                   f"{time.monotonic() - start:.0f} s")
-            perfect = (fsr == 1.0 and near <= cfg.stop_near_miss
-                       and fire >= (cfg.stop_fire_prob or 0.0))
+            perfect = best.perfect(fsr, near, fire)
             if fsr == 1.0 and stats["fsr100_at"] is None:
                 stats["fsr100_at"] = time.monotonic() - start
             if perfect and stats["perfect_at"] is None:
@@ -299,7 +303,7 @@ def train_loop(
                 stats["stopped_early"] = epoch + 1 < cfg.epochs
                 break
     stats["kept_epoch"] = stats["epochs"]
-    if best.restore(stats["epochs"]):
+    if best.restore(stats["epochs"]) and best.figures is not None:
         stats["kept_epoch"] = best.epoch
         stats["fsr"], stats["near"], stats["fire"] = best.figures
         if progress:
