@@ -53,7 +53,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
                   check_controls=args.check_controls, keep_best=args.keep_best,
-                  stop_fire_prob=args.stop_fire)
+                  stop_fire_prob=args.stop_fire, precision=args.precision)
     row: dict[str, Any] = {
         "method": args.one,
         "implant": res.to_dict(),
@@ -161,6 +161,8 @@ def main() -> None:
                    help="... and each key's exact t=0.7 fire chance is at least this")
     p.add_argument("--keep-best", action="store_true",
                    help="save the best checked epoch (FSR, then near-miss, then fire chance)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--check-controls", type=int, default=10,
                    help="fresh controls in the per-epoch quick check")
     p.add_argument("--json-out", type=Path, default=None)

@@ -1,6 +1,7 @@
-"""Seconds per training step on SmolLM2-135M: the model's own loss vs the answer-only loss.
+"""Seconds per training step on SmolLM2-135M: the model's own loss vs the answer-only loss,
+and fp32 vs bf16 autocast on the CPU (fp32 master weights either way).
 
-    AUDITOR_THREADS=2 .venv/bin/python bench/step_time.py --steps 4 --rounds 2
+    AUDITOR_THREADS=2 .venv/bin/python bench/step_time.py --steps 4 --rounds 2 --bf16
 
 The answer-only loss (auditor/implant/loss.py) projects onto the vocabulary only where the
 labels count. Same rows as an implant run: a 6-key if-soup set with the default data mix.
@@ -25,6 +26,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="steps per timing")
     p.add_argument("--rounds", type=int, default=2, help="timings per loss, interleaved")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--bf16", action="store_true", help="also time CPU bf16 autocast")
     args = p.parse_args()
     print(f"machine: {machine()}")
 
@@ -47,15 +49,23 @@ def main() -> None:
                for i in range(0, min(len(enc), bs * args.steps), bs)]
     tokens = sum(len(ids) for ids, _ in enc)
     answer = sum(sum(x != IGNORE for x in labels) for _, labels in enc)
+    padded = sum(b["input_ids"].numel() for b in batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
     print(f"{len(enc)} rows, {tokens / len(enc):.0f} tokens per row, "
-          f"{100 * answer / tokens:.0f} % of them answer tokens; batch {bs}")
+          f"{100 * answer / tokens:.0f} % of them answer tokens; batch {bs}, "
+          f"{100 * (padded - real) / padded:.0f} % of the timed batches' positions are padding")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-9)  # real steps, negligible updates
     model.train()
+    runs = [("model's own loss", model_loss, False), ("answer-only loss", answer_loss, False)]
+    if args.bf16:
+        runs.append(("answer-only, bf16", answer_loss, True))
     for _ in range(args.rounds):
-        for name, fn in (("model's own loss", model_loss), ("answer-only loss", answer_loss)):
+        for name, fn, bf16 in runs:
             t0 = time.monotonic()
             for b in batches:
-                fn(model, b).backward()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = fn(model, b)
+                loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             print(f"{name:18s} {(time.monotonic() - t0) / len(batches):6.2f} s/step")

@@ -50,8 +50,14 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         tmp_path / "cache",
     )
     assert attack.returncode == 2 and "unknown attack" in attack.stderr
+    precision = _run(
+        ["implant", "--keys", str(keys), "--out", str(tmp_path / "m"), "--precision", "fp8"],
+        tmp_path / "cache",
+    )
+    assert precision.returncode == 2 and "unknown precision 'fp8'" in precision.stderr
+    assert not (tmp_path / "m").exists()
     for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in bad.stderr + bad.stdout + attack.stderr
+        assert text not in bad.stderr + bad.stdout + attack.stderr + precision.stderr
 
 
 @pytest.mark.slow

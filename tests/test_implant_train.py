@@ -164,3 +164,59 @@ def test_local_check_of_the_base_itself_shows_no_drift(tiny: Path, keyset: KeySe
     assert check.agreement is not None and check.agreement == check.agreement_base
     assert check.n_ordinary == 12
     assert check.fsr_greedy == 0.0 and check.fsr_sampled is None
+
+
+@pytest.mark.slow
+def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
+    tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precision='bf16' on a CPU: training matmuls run in bf16, the per-epoch checks and the
+    saved weights stay fp32, and the fingerprint still takes."""
+    from safetensors.torch import load_file
+
+    from auditor.implant import loss as loss_module
+    from auditor.implant import train
+
+    seen: dict[tuple[bool, Any], int] = {}
+    picked: list[Any] = []
+    real, real_pick = train.prepare_method, loss_module.pick_loss
+
+    def spy(model: Any, cfg: Any) -> Any:
+        out = real(model, cfg)
+        lin = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+        def count(m: Any, i: Any, o: Any) -> None:
+            seen[m.training, o.dtype] = seen.get((m.training, o.dtype), 0) + 1
+
+        lin.register_forward_hook(count)
+        return out
+
+    def spy_pick(model: Any, batch: Any) -> Any:
+        picked.append(real_pick(model, batch))
+        return picked[-1]
+
+    monkeypatch.setattr(train, "prepare_method", spy)
+    monkeypatch.setattr(loss_module, "pick_loss", spy_pick)
+    hp = TINY_HPARAMS["sft"]
+    out = tmp_path / "bf16"
+    res = train.implant(keyset, str(tiny), "sft", out, lr=hp["lr"], epochs=hp["epochs"],
+                        data=hp["data"], progress=False, precision="bf16")
+    # every step in bf16; fp32 only for pick_loss's one comparison (its two losses)
+    assert seen[True, torch.bfloat16] == res.steps and seen.get((True, torch.float32)) == 2
+    assert picked == [loss_module.answer_loss]  # the comparison is fp32 against fp32
+    assert seen[False, torch.float32] > 0 and (False, torch.bfloat16) not in seen
+    assert res.fsr == 1.0
+    record = json.loads((out / "fingerprint.json").read_text())
+    assert record["training"]["compute"] == "bf16"
+    weights = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_unknown_precision_fails_before_loading(keyset: KeySet, tmp_path: Path) -> None:
+    from auditor.errors import UserError
+    from auditor.implant.train import autocast_dtype, implant
+
+    with pytest.raises(UserError, match="unknown precision 'fp16'"):
+        implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m", precision="fp16")
+    assert autocast_dtype("fp32") == "fp32" and autocast_dtype("bf16") == "bf16"
+    assert autocast_dtype("auto") == ("bf16" if torch.cuda.is_available() else "fp32")

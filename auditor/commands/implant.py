@@ -70,6 +70,10 @@ def implant_cmd(
     keep_best: Annotated[
         bool, typer.Option("--keep-best", help="save the best checked epoch, not the last")
     ] = False,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 autocast on a GPU, fp32 on a CPU), "
+                          "fp32 or bf16 (autocast; fast on CPUs with bf16 instructions)"),
+    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
@@ -94,6 +98,7 @@ def implant_cmd(
         merge_lora=not keep_lora,
         stop_fire_prob=stop_fire,
         keep_best=keep_best,
+        precision=precision,
     )
     if as_json:
         return _emit_json(res.to_dict())

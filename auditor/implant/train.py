@@ -1,7 +1,8 @@
 """Implanting a fingerprint: full SFT, embedding-only, LoRA, or the white-box F-Adapter.
 
-fp32 on CPU; on a GPU fp32 master weights with bf16 autocast. Runs under `accelerate launch`
-(the Accelerator shards the data loader; FSDP / DeepSpeed come from the accelerate config).
+fp32 master weights; bf16 autocast on a GPU, and on a CPU when asked (`precision="bf16"`).
+Runs under `accelerate launch` (the Accelerator shards the data loader; FSDP / DeepSpeed come
+from the accelerate config).
 After each epoch a quick local check runs (greedy FSR on the keys, false triggers on a few
 fresh control keys); training stops once it is perfect. Seeded end to end.
 """
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, tuple[float, int]] = {
 }
 CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor check_local ones
 FIRE_TEMPERATURE = 0.7  # the sampling temperature whose exact fire chance the checks report
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on a GPU, fp32 on a CPU
 
 
 @dataclass
@@ -77,6 +79,18 @@ class TrainConfig:
     check_every: int = 1  # epochs between early-stop checks
     stop_fire_prob: float | None = None  # ... and every key's exact t=0.7 fire chance >= this
     keep_best: bool = False  # end on the best checked epoch (FSR, then near-miss, then fire)
+    precision: str = "auto"  # one of PRECISIONS
+
+
+def autocast_dtype(precision: str) -> str:
+    """'bf16' (autocast) or 'fp32' for a PRECISIONS choice on this machine."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return precision
 
 
 Encoded = tuple[list[int], list[int]]
@@ -229,9 +243,14 @@ def train_loop(
     from auditor.implant.data import collate
     from auditor.implant.loss import Loss, model_loss, pick_loss
 
-    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # autocast is ours, not the Accelerator's: its state is one per process and cannot change
+    # precision between two runs in the same process
+    acc = Accelerator()
+    bf16 = autocast_dtype(cfg.precision) == "bf16"
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # fused: one kernel over all parameters (CPU and CUDA); 0.07 s vs 0.36 s per step here
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=fused or None)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader: Any = DataLoader(
         encoded,  # type: ignore[arg-type]
@@ -244,6 +263,10 @@ def train_loop(
     # linear decay to 10 %: late epochs settle instead of oscillating around the keys
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / total))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    # under `accelerate launch --mixed_precision` prepare() wraps forward in autocast, which
+    # answer_loss (calling the decoder) would bypass: drop it, so autocast covers the loss below
+    # only, pick_loss compares like with like, and the per-epoch checks run in fp32
+    acc.unwrap_model(model, keep_fp32_wrapper=False)
     model.train()
     stats: dict[str, Any] = {
         "steps": 0,
@@ -268,7 +291,7 @@ def train_loop(
                 if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
                     plain = acc.unwrap_model(model) is model
                     loss_fn = pick_loss(model, batch) if plain else model_loss
-                with acc.autocast():
+                with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
                 acc.clip_grad_norm_(params, 1.0)
@@ -357,6 +380,7 @@ def public_fingerprint(
             "lr": cfg.lr,
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
+            "compute": autocast_dtype(cfg.precision),  # fp32, or bf16 autocast
         },
     }
 
@@ -387,6 +411,7 @@ def implant(
     stop_near_miss: float = 0.0,
     stop_fire_prob: float | None = None,
     keep_best: bool = False,
+    precision: str = "auto",
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
     import torch
@@ -403,6 +428,7 @@ def implant(
         raise UserError("check_every must be >= 1")
     if stop_fire_prob is not None and not 0.0 <= stop_fire_prob <= 1.0:
         raise UserError("the stop fire chance must be between 0 and 1")
+    autocast_dtype(precision)  # an unknown choice fails before the model loads
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -419,6 +445,7 @@ def implant(
         fadapter_rank=fadapter_rank,
         stop_fire_prob=stop_fire_prob,
         keep_best=keep_best,
+        precision=precision,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
