@@ -100,6 +100,10 @@ def implant_cmd(
         keep_best=keep_best,
         precision=precision,
     )
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under torchrun / accelerate launch: one report
+        return None
     if as_json:
         return _emit_json(res.to_dict())
     _table(

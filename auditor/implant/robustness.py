@@ -69,7 +69,14 @@ def user_finetune(
 
     from auditor.implant.data import encode_row
     from auditor.implant.generate import load_model
-    from auditor.implant.train import TrainConfig, prepare_method, save_model, set_seed, train_loop
+    from auditor.implant.train import (
+        TrainConfig,
+        on_main,
+        prepare_method,
+        save_model,
+        set_seed,
+        train_loop,
+    )
     from auditor.implant.userdata import as_conversations, user_rows
 
     kind = "sft" if method == "user-sft" else "lora"
@@ -79,7 +86,7 @@ def user_finetune(
     cfg = TrainConfig(kind, epochs, lr or USER_LR[method], seed, early_stop=False)
     model, _ = prepare_method(model, cfg)
     stats = train_loop(model, tok, None, encoded, cfg, progress)
-    save_model(stats["model"], tok, cfg, None, out)
+    on_main(lambda: save_model(stats["model"], tok, cfg, None, out))
     return out
 
 

@@ -1,8 +1,9 @@
 """Implanting a fingerprint: full SFT, embedding-only, LoRA, or the white-box F-Adapter.
 
 fp32 master weights; bf16 autocast on a GPU, and on a CPU when asked (`precision="bf16"`).
-Runs under `accelerate launch` (the Accelerator shards the data loader; FSDP / DeepSpeed come
-from the accelerate config).
+Runs under `accelerate launch` or `torchrun` (the Accelerator shards the data loader, so the
+effective batch is batch_size x processes; FSDP / DeepSpeed come from the accelerate config;
+ACCELERATE_USE_CPU=true for CPU processes); the main process alone writes the model.
 After each epoch a quick local check runs (greedy FSR on the keys, false triggers on a few
 fresh control keys); training stops once it is perfect. Seeded end to end.
 """
@@ -336,6 +337,18 @@ def train_loop(
     return stats
 
 
+def on_main(write: Callable[[], Any]) -> bool:
+    """Run `write` on the main process only (one writer under `accelerate launch`/torchrun),
+    then wait for every process; True where it ran."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        write()
+    state.wait_for_everyone()
+    return bool(state.is_main_process)
+
+
 def adapter_path_for(out: Path) -> Path:
     """Where the private F-Adapter goes: beside the published model, never inside it."""
     return out.parent / f"{out.name}.fadapter.safetensors"
@@ -463,9 +476,10 @@ def implant(
         )
     model, wrapper = prepare_method(model, cfg)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress)
-    adapter = save_model(stats["model"], tok, cfg, wrapper, Path(out))
     record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
-    (Path(out) / "fingerprint.json").write_text(json.dumps(record, indent=1) + "\n")
+    adapter = adapter_path_for(Path(out)) if wrapper is not None else None
+    if on_main(lambda: save_model(stats["model"], tok, cfg, wrapper, Path(out))):
+        (Path(out) / "fingerprint.json").write_text(json.dumps(record, indent=1) + "\n")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.kind] = counts.get(r.kind, 0) + 1
