@@ -99,7 +99,7 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
 
     from transformers.utils import logging as hf_logging
 
-    from auditor.implant.train import implant
+    from auditor.implant.train import autocast_dtype, implant
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -110,6 +110,7 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
         console.print(f"      cached: {out}")
         return out
     from auditor.implant.data import DataConfig
+    from auditor.implant.generate import cpu_has_bf16
 
     # Tuned on this 2-core CPU: full SFT reaches every key in 2-4 epochs (~70 s each). Fewer
     # near-miss rows than the library default trade look-alike false triggers (reported as
@@ -122,12 +123,16 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     # time cap that keeps the first run in budget, keeping the best epoch if it runs out.
     # Key rows 3x per epoch: on one key draw, 2x reached 68 % at epoch 6 (81 % at 8), 3x 99 %
     # at epoch 3.
+    # bf16 autocast where the CPU computes it natively: the demo's recipe reached the same
+    # epoch-3 stop in 143 s instead of 190 s here (fp32 master weights either way)
+    precision = "bf16" if cpu_has_bf16() else "auto"
     res = implant(ks, "smollm2", opts.method, out, lr=lr, epochs=opts.epochs,
-                  progress=console.is_terminal, stop_near_miss=1.0,
+                  progress=console.is_terminal, stop_near_miss=1.0, precision=precision,
                   stop_fire_prob=FIRE_TARGET, keep_best=True, max_seconds=TRAIN_CAP_S,
                   data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=3))
     gc.collect()  # the training copy of the model is no longer needed
-    console.print(f"      {res.method}: {res.steps} steps, {res.seconds:.0f} s, "
+    console.print(f"      {res.method} ({autocast_dtype(precision)}): "
+                  f"{res.steps} steps, {res.seconds:.0f} s, "
                   f"FSR {res.fsr:.0%}, weakest key fires in {res.fire_min:.0%} of t=0.7 samples"
                   f", near-miss false triggers {res.nearmiss_false_trigger:.0%} → {out}")
     if res.fsr < 1.0 or res.fire_min < FIRE_TARGET:

@@ -1,8 +1,9 @@
 """Fingerprint strength, in the layout of the paper's Table 5.
 
 One row per implanted model: FSR before, FSR after user fine-tuning on each bundled user set
-(programmatic tasks, templated chat, both mixed), and the ordinary and near-miss
-false-trigger rates of the model as published.
+(programmatic tasks, templated chat, both mixed) with each key's exact chance to fire in one
+t=0.7 sample after it (weakest and mean: finer than FSR on a few keys), and the ordinary and
+near-miss false-trigger rates of the model as published.
 
     .venv/bin/python bench/strength.py --model models/demo --keys keys/demo.json \\
         [--adapter models/demo.fadapter.safetensors] [--tuning user-sft] [--rows 1000]
@@ -27,6 +28,7 @@ SETS = ("tasks", "chat", "mixed")
 def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
+    from auditor.implant.margin import fire_probs
     from auditor.implant.robustness import user_finetune
     from auditor.implant.verify import check_local, fsr_greedy
     from auditor.keys import KeySet
@@ -46,6 +48,7 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
         "ordinary": before.ordinary_false_trigger,
         "nearmiss": before.nearmiss_false_trigger,
         "after": {},
+        "fire_after": {},  # (weakest, mean) exact t=0.7 fire chance after tuning
     }
     with tempfile.TemporaryDirectory(prefix="strength-") as tmp:
         for name in args.sets.split(","):
@@ -62,6 +65,8 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
             if args.adapter is not None:
                 fadapter.load_into(m, args.adapter)
             row["after"][name] = fsr_greedy(m, tok, keyset)
+            fire = fire_probs(m, tok, keyset, temperature=0.7)
+            row["fire_after"][name] = (min(fire), sum(fire) / len(fire))
             del m
     return row
 
@@ -77,6 +82,7 @@ def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> Non
         "model",
         "FSR pre",
         *[f"FSR post {s}" for s in sets],
+        *[f"t=0.7 fire post {s}: weakest / mean" for s in sets],
         "ordinary FT",
         "near-miss FT",
     ):
@@ -86,6 +92,7 @@ def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> Non
             r["model"],
             pct(r["before"]),
             *[pct(r["after"][s]) for s in sets],
+            *[" / ".join(pct(x) for x in r["fire_after"][s]) for s in sets],
             pct(r["ordinary"]),
             pct(r["nearmiss"]),
         )

@@ -29,6 +29,15 @@ def cpu_threads() -> int:
     return max(1, min(threads, MAX_THREADS))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays;
+    elsewhere torch emulates it, slower than fp32."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def pick_device() -> tuple[str, Any]:
     """('cuda', bf16) on a GPU, ('cpu', fp32) otherwise."""
     import torch
