@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from auditor.implant.train import PRECISIONS  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
 
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
@@ -161,7 +162,7 @@ def main() -> None:
                    help="... and each key's exact t=0.7 fire chance is at least this")
     p.add_argument("--keep-best", action="store_true",
                    help="save the best checked epoch (FSR, then near-miss, then fire chance)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--check-controls", type=int, default=10,
                    help="fresh controls in the per-epoch quick check")

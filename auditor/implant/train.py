@@ -337,16 +337,15 @@ def train_loop(
     return stats
 
 
-def on_main(write: Callable[[], Any]) -> bool:
+def on_main(write: Callable[[], Any]) -> None:
     """Run `write` on the main process only (one writer under `accelerate launch`/torchrun),
-    then wait for every process; True where it ran."""
+    then wait for every process."""
     from accelerate import PartialState
 
     state = PartialState()
     if state.is_main_process:
         write()
     state.wait_for_everyone()
-    return bool(state.is_main_process)
 
 
 def adapter_path_for(out: Path) -> Path:
@@ -478,8 +477,12 @@ def implant(
     stats = train_loop(model, tok, keyset, encoded, cfg, progress)
     record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
-    if on_main(lambda: save_model(stats["model"], tok, cfg, wrapper, Path(out))):
+
+    def write() -> None:
+        save_model(stats["model"], tok, cfg, wrapper, Path(out))
         (Path(out) / "fingerprint.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    on_main(write)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.kind] = counts.get(r.kind, 0) + 1
