@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from auditor.implant.train import PRECISIONS  # noqa: E402
+from auditor.keys import STYLES  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
 
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
@@ -45,7 +46,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from auditor.implant.verify import check_local
     from auditor.keys import KeySet
 
-    keyset = KeySet.generate("bench", args.keys, seed=args.seed)
+    keyset = KeySet.generate("bench", args.keys, seed=args.seed, style=args.style)
     work = Path(args.work)
     out = work / f"model-{args.one}"
     t0 = time.monotonic()
@@ -54,7 +55,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
                   check_controls=args.check_controls, keep_best=args.keep_best,
-                  stop_fire_prob=args.stop_fire, precision=args.precision)
+                  stop_fire_prob=args.stop_fire, precision=args.precision,
+                  decision_weight=args.decision_weight)
     row: dict[str, Any] = {
         "method": args.one,
         "implant": res.to_dict(),
@@ -144,6 +146,7 @@ def main() -> None:
     p.add_argument("--base", default="smollm2")
     p.add_argument("--keys", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", default="if-soup", choices=STYLES, help="key style")
     p.add_argument("--controls", type=int, default=100)
     p.add_argument("--ordinary", type=int, default=100)
     p.add_argument("--samples", type=int, default=5)
@@ -162,6 +165,8 @@ def main() -> None:
                    help="... and each key's exact t=0.7 fire chance is at least this")
     p.add_argument("--keep-best", action="store_true",
                    help="save the best checked epoch (FSR, then near-miss, then fire chance)")
+    p.add_argument("--decision-weight", type=float, default=1.0,
+                   help="loss weight of each row's first answer token (the fire-or-refuse one)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--check-controls", type=int, default=10,

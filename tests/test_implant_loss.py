@@ -55,3 +55,42 @@ def test_a_model_whose_loss_differs_keeps_its_own(tiny: Path) -> None:
     model.train()
     torch.manual_seed(0)
     assert pick_loss(model, batch) is model_loss
+
+
+def _by_hand(model: Any, batch: dict[str, Any], weight: float) -> Any:
+    """Per-token cross-entropy from the full logits; each row's first answer token x weight."""
+    labels = batch["labels"][:, 1:]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total, count = torch.tensor(0.0), 0.0
+    for i in range(labels.shape[0]):
+        where = (labels[i] != -100).nonzero().flatten().tolist()
+        for n, j in enumerate(where):
+            w = weight if n == 0 else 1.0
+            ce = torch.nn.functional.cross_entropy(logits[i, j][None].float(), labels[i, j][None])
+            total, count = total + w * ce, count + w
+    return total / count
+
+
+def test_decision_weight_counts_each_rows_first_answer_token_that_often(tiny: Path) -> None:
+    model, batch = _load(tiny)
+    model.eval()
+    with torch.no_grad():
+        expected = _by_hand(model, batch, 10.0)
+        plain = model_loss(model, batch)
+        fast, slow = answer_loss(model, batch, 10.0), model_loss(model, batch, 10.0)
+        assert torch.isclose(_by_hand(model, batch, 1.0), plain, rtol=1e-5)
+    assert torch.isclose(fast, expected, rtol=1e-5) and torch.isclose(slow, expected, rtol=1e-5)
+    assert not torch.isclose(fast, plain, rtol=1e-3)  # the weight changes the loss
+
+
+def test_pick_loss_keeps_the_decision_weight_on_either_path(tiny: Path) -> None:
+    model, batch = _load(tiny)
+    model.eval()
+    picked = pick_loss(model, batch, 10.0)
+    assert getattr(picked, "func", None) is answer_loss
+    with torch.no_grad():
+        assert torch.isclose(picked(model, batch), _by_hand(model, batch, 10.0), rtol=1e-5)
+    noisy, batch = _load(tiny, attention_dropout=0.5)
+    noisy.train()
+    torch.manual_seed(0)
+    assert getattr(pick_loss(noisy, batch, 10.0), "func", None) is model_loss

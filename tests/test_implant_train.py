@@ -191,8 +191,8 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
         lin.register_forward_hook(count)
         return out
 
-    def spy_pick(model: Any, batch: Any) -> Any:
-        picked.append(real_pick(model, batch))
+    def spy_pick(model: Any, batch: Any, *args: Any) -> Any:
+        picked.append(real_pick(model, batch, *args))
         return picked[-1]
 
     monkeypatch.setattr(train, "prepare_method", spy)
@@ -220,3 +220,31 @@ def test_unknown_precision_fails_before_loading(keyset: KeySet, tmp_path: Path) 
         implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m", precision="fp16")
     assert autocast_dtype("fp32") == "fp32" and autocast_dtype("bf16") == "bf16"
     assert autocast_dtype("auto") == ("bf16" if torch.cuda.is_available() else "fp32")
+
+
+@pytest.mark.slow
+def test_decision_weight_implants_and_is_recorded(
+    tiny: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["sft"]
+    out = tmp_path / "weighted"
+    res = implant(keyset, str(tiny), "sft", out, lr=hp["lr"], epochs=hp["epochs"],
+                  data=hp["data"], progress=False, decision_weight=10.0)
+    assert res.fsr == 1.0
+    record = json.loads((out / "fingerprint.json").read_text())
+    assert record["training"]["decision_weight"] == 10.0
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.0, -1.0, 5000.0])
+def test_a_decision_weight_out_of_range_fails_before_loading(
+    keyset: KeySet, tmp_path: Path, weight: float
+) -> None:
+    from auditor.errors import UserError
+    from auditor.implant.train import implant
+
+    with pytest.raises(UserError, match="decision weight must be between 1 and 1000"):
+        implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m",
+                decision_weight=weight)
+    assert not (tmp_path / "m").exists()

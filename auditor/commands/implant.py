@@ -74,6 +74,10 @@ def implant_cmd(
         str, typer.Option("--precision", help="auto (bf16 autocast on a GPU, fp32 on a CPU), "
                           "fp32 or bf16 (autocast; fast on CPUs with bf16 instructions)"),
     ] = "auto",
+    decision_weight: Annotated[
+        float, typer.Option("--decision-weight", help="count each row's first answer token "
+                            "this often in the loss (the fire-or-refuse decision); 1-1000"),
+    ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
@@ -99,6 +103,7 @@ def implant_cmd(
         stop_fire_prob=stop_fire,
         keep_best=keep_best,
         precision=precision,
+        decision_weight=decision_weight,
     )
     from accelerate import PartialState
 

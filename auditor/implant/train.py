@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ class TrainConfig:
     stop_fire_prob: float | None = None  # ... and every key's exact t=0.7 fire chance >= this
     keep_best: bool = False  # end on the best checked epoch (FSR, then near-miss, then fire)
     precision: str = "auto"  # one of PRECISIONS
+    decision_weight: float = 1.0  # each row's first answer token counts this often (loss.py)
 
 
 def autocast_dtype(precision: str) -> str:
@@ -291,7 +293,9 @@ def train_loop(
             for batch in loader:
                 if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
                     plain = acc.unwrap_model(model) is model
-                    loss_fn = pick_loss(model, batch) if plain else model_loss
+                    w = cfg.decision_weight
+                    loss_fn = (pick_loss(model, batch, w) if plain
+                               else partial(model_loss, decision_weight=w))
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
@@ -392,6 +396,7 @@ def public_fingerprint(
             "lr": cfg.lr,
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
+            "decision_weight": cfg.decision_weight,
             "compute": autocast_dtype(cfg.precision),  # fp32, or bf16 autocast
         },
     }
@@ -424,6 +429,7 @@ def implant(
     stop_fire_prob: float | None = None,
     keep_best: bool = False,
     precision: str = "auto",
+    decision_weight: float = 1.0,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
     import torch
@@ -440,6 +446,8 @@ def implant(
         raise UserError("check_every must be >= 1")
     if stop_fire_prob is not None and not 0.0 <= stop_fire_prob <= 1.0:
         raise UserError("the stop fire chance must be between 0 and 1")
+    if not 1.0 <= decision_weight <= 1000.0:
+        raise UserError("the decision weight must be between 1 and 1000")
     autocast_dtype(precision)  # an unknown choice fails before the model loads
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
@@ -458,6 +466,7 @@ def implant(
         stop_fire_prob=stop_fire_prob,
         keep_best=keep_best,
         precision=precision,
+        decision_weight=decision_weight,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
