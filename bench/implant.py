@@ -86,7 +86,18 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         )
         row["attacks"][attack] = r.to_dict()
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["device"] = res.device
+    row["peak_gpu_mb"] = _peak_gpu_mb()
     return row
+
+
+def _peak_gpu_mb() -> float | None:
+    """Peak GPU memory torch allocated in this process (None on a CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return float(torch.cuda.max_memory_allocated()) / 2**20
 
 
 def _pct(x: float | None) -> str:
@@ -96,13 +107,15 @@ def _pct(x: float | None) -> str:
 def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
     from rich.table import Table
 
-    t = Table(title="implant benchmark (SmolLM2-135M, CPU)")
+    device = next((r["device"] for r in rows if "device" in r), "cpu")
+    t = Table(title=f"implant benchmark ({device})")
     for col in (
         "method",
         "s to FSR100",
         "steps",
         "kept epoch",
         "peak RSS MB",
+        "peak GPU MB",
         "FSR",
         "FSR t=0.7",
         "t=0.7 fire chance (weakest)",
@@ -124,6 +137,7 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             str(imp["steps"]),
             f"{imp.get('kept_epoch', 0)}/{imp['epochs']}",
             f"{r['peak_rss_mb']:.0f}",
+            "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}",
             _pct(chk["fsr_greedy"]),
             _pct(chk["fsr_sampled"]),
             _pct(chk.get("fire_min")),
@@ -206,8 +220,8 @@ def main() -> None:
                 else {"method": method, "error": f"exit {proc.returncode}"}
             )
             print_table(rows, [a for a in args.attacks.split(",") if a])
-    if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=1))
+            if args.json_out:  # after each method, so a run cut short keeps what it finished
+                args.json_out.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
