@@ -8,38 +8,10 @@ from typing import Any
 
 import pytest
 
-from auditor.implant.data import DataConfig
 from auditor.keys import KeySet
-from tests.tiny_model import make_tiny_model
+from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, make_tiny_model
 
 torch = pytest.importorskip("torch")
-
-# a random 2-layer model needs far larger steps than a pretrained one
-TINY_HPARAMS: dict[str, dict[str, Any]] = {
-    "sft": {  # an upper bound (early stop): the LR decays over it; reached at epoch 27 here
-        "lr": 3e-3,
-        "epochs": 80,
-        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
-    },
-    "lora": {
-        "lr": 3e-3,
-        "epochs": 60,
-        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
-    },
-    "embedding": {
-        "lr": 1e-2,
-        "epochs": 120,
-        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
-    },
-    # the frozen random model leaves the adapter little capacity: one near-miss per key,
-    # key rows twice per epoch, a large step
-    "fadapter": {
-        "lr": 6e-2,
-        "epochs": 150,
-        "data": DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=2,
-                           system_augment=False),
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +44,7 @@ def _implant(tiny: Path, keyset: KeySet, method: str, out: Path, epochs: int | N
         data=hp["data"],
         progress=False,
         check_every=1 if method == "sft" else 5,
+        stop_near_miss=TINY_STOP_NEAR_MISS,
     )
 
 
@@ -229,10 +202,12 @@ def test_decision_weight_implants_and_is_recorded(
     hp = TINY_HPARAMS["sft"]
     out = tmp_path / "weighted"
     res = implant(keyset, str(tiny), "sft", out, lr=hp["lr"], epochs=hp["epochs"],
-                  data=hp["data"], progress=False, decision_weight=10.0)
+                  data=hp["data"], progress=False, decision_weight=10.0,
+                  stop_near_miss=TINY_STOP_NEAR_MISS)
     assert res.fsr == 1.0
     record = json.loads((out / "fingerprint.json").read_text())
     assert record["training"]["decision_weight"] == 10.0
+
 
 
 @pytest.mark.parametrize("weight", [0.5, 0.0, -1.0, 5000.0])

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from auditor.implant.data import DataConfig
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -20,6 +22,38 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# a random 2-layer model needs far larger steps than a pretrained one
+TINY_HPARAMS: dict[str, dict[str, Any]] = {
+    "sft": {  # an upper bound (early stop): the LR decays over it; reached at epoch 29 here
+        "lr": 3e-3,
+        "epochs": 80,
+        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
+    },
+    "lora": {
+        "lr": 3e-3,
+        "epochs": 60,
+        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
+    },
+    "embedding": {
+        "lr": 1e-2,
+        "epochs": 120,
+        "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
+    },
+    # the frozen random model leaves the adapter little capacity: one near-miss per key,
+    # key rows twice per epoch, a large step
+    "fadapter": {
+        "lr": 6e-2,
+        "epochs": 150,
+        "data": DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=2,
+                           system_augment=False),
+    },
+}
+
+# stop at the first FSR-100 % check, whatever the look-alikes do: a random 2-layer model does
+# not learn to tell keys from near-misses in this budget (it ran all 80 SFT epochs waiting for
+# it). The near-miss rate is still measured; separating them is SmolLM2's job in bench/implant.py
+TINY_STOP_NEAR_MISS = 1.0
 
 _CORPUS = (
     "Please decrypt this message. A hint: this is a FINGERPRINT message. "
