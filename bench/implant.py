@@ -34,7 +34,8 @@ from bench.machine import machine, table_console  # noqa: E402
 
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
-FLAGS = ("progress", "fresh_nearmiss", "keep_best")  # store_true options, passed on only when set
+# store_true options, passed on only when set
+FLAGS = ("progress", "fresh_nearmiss", "keep_best", "reg_kl")
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
@@ -51,7 +52,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     out = work / f"model-{args.one}"
     t0 = time.monotonic()
     mix = {f: getattr(args, f) for f in DATA_FIELDS if getattr(args, f) is not None}
-    data = DataConfig(**mix, fresh_nearmiss=args.fresh_nearmiss)
+    data = DataConfig(**mix, fresh_nearmiss=args.fresh_nearmiss, reg_kl=args.reg_kl)
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
                   check_controls=args.check_controls, keep_best=args.keep_best,
@@ -173,6 +174,8 @@ def main() -> None:
                        help="training data mix (default: DataConfig's)")
     p.add_argument("--fresh-nearmiss", action="store_true",
                    help="redraw the near-miss rows every epoch")
+    p.add_argument("--reg-kl", action="store_true",
+                   help="regularization rows learn the base's next-token distribution")
     p.add_argument("--stop-near-miss", type=float, default=0.0,
                    help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
     p.add_argument("--stop-fire", type=float, default=None,

@@ -20,6 +20,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _load(tiny: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
+    model, tok, enc = _encoded(tiny, **overrides)
+    return model, collate(enc, tok.pad_token_id)
+
+
+def _encoded(tiny: Path, **overrides: Any) -> tuple[Any, Any, list[Any]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny)
@@ -31,8 +36,7 @@ def _load(tiny: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
          {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog."}],
         [{"role": "user", "content": "0123"}, {"role": "assistant", "content": "366"}],
     ]
-    batch = collate([encode_row(tok, r) for r in rows], tok.pad_token_id)
-    return model, batch
+    return model, tok, [encode_row(tok, r) for r in rows]
 
 
 def test_answer_loss_matches_the_models_loss_and_gradients(tiny: Path) -> None:
@@ -94,3 +98,58 @@ def test_pick_loss_keeps_the_decision_weight_on_either_path(tiny: Path) -> None:
     noisy.train()
     torch.manual_seed(0)
     assert getattr(pick_loss(noisy, batch, 10.0), "func", None) is model_loss
+
+
+def test_the_base_as_its_own_soft_teacher_scores_its_entropy_with_zero_gradient(
+    tiny: Path,
+) -> None:
+    """k = the whole vocabulary: the soft loss is the teacher's entropy (KL 0), gradient 0."""
+    from auditor.implant.loss import soft_targets
+
+    model, tok, enc = _encoded(tiny)
+    model.eval()
+    soft = soft_targets(model, tok, enc, k=model.config.vocab_size)
+    batch = collate(soft, tok.pad_token_id)
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        p = torch.softmax(logits[:, :-1][keep].float(), dim=-1)
+        entropy = float(-(p * p.log()).sum(-1).mean())
+    loss = answer_loss(model, batch)
+    assert float(loss.detach()) == pytest.approx(entropy, rel=1e-4)
+    assert float(model_loss(model, batch)) == pytest.approx(entropy, rel=1e-4)
+    loss.backward()
+    assert max(float(q.grad.abs().max()) for q in model.parameters()) < 1e-4
+
+
+def test_soft_rows_use_top_k_plus_rest_and_plain_rows_keep_their_labels(tiny: Path) -> None:
+    from auditor.implant.loss import soft_targets
+
+    model, tok, enc = _encoded(tiny)
+    model.eval()
+    soft = soft_targets(model, tok, [enc[0], enc[2]], k=8)
+    model.lm_head.weight.data.mul_(1.5)  # the student moves away from its teacher
+    rows = [soft[0], enc[1], soft[1]]
+    batch = collate(rows, tok.pad_token_id)
+    assert batch["soft_on"].sum() == sum(len(r[2][0]) for r in soft)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total, count = 0.0, 0.0
+        for i, row in enumerate(rows):
+            where = [t - 1 for t, lab in enumerate(row[1]) if lab != -100]
+            for n, j in enumerate(where):
+                q = torch.log_softmax(logits[i, j].float(), dim=-1)
+                if len(row) > 2:
+                    ids, lp = row[2][0][n], row[2][1][n]
+                    rest = 1 - float(lp.exp().sum())
+                    term = -float((lp.exp() * q[ids]).sum()) - rest * float(
+                        torch.log1p(-q[ids].exp().sum()))
+                else:
+                    term = -float(q[row[1][j + 1]])
+                w = 3.0 if n == 0 else 1.0
+                total, count = total + w * term, count + w
+        fast, slow = answer_loss(model, batch, 3.0), model_loss(model, batch, 3.0)
+    assert float(fast) == pytest.approx(total / count, rel=1e-4)
+    assert float(slow) == pytest.approx(total / count, rel=1e-4)
+    assert pick_loss(model, batch) is answer_loss

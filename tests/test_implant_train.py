@@ -207,7 +207,32 @@ def test_decision_weight_implants_and_is_recorded(
     assert res.fsr == 1.0
     record = json.loads((out / "fingerprint.json").read_text())
     assert record["training"]["decision_weight"] == 10.0
+    assert record["training"]["regularization"] == "base answers"
 
+
+def test_reg_kl_trains_regularization_rows_on_soft_targets_and_is_recorded(
+    tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from auditor.implant import loss
+    from auditor.implant.train import implant
+
+    calls: list[int] = []
+    real = loss.soft_ce
+
+    def counting(logits: Any, ids: Any, logp: Any) -> Any:
+        calls.append(int(ids.shape[0]))
+        return real(logits, ids, logp)
+
+    monkeypatch.setattr(loss, "soft_ce", counting)
+    hp = TINY_HPARAMS["sft"]
+    out = tmp_path / "kl"
+    res = implant(keyset, str(tiny), "sft", out, lr=hp["lr"], epochs=2, early_stop=False,
+                  data=replace(hp["data"], reg_kl=True), progress=False)
+    assert res.steps == 6 and calls and all(n > 0 for n in calls)  # the soft loss was used
+    record = json.loads((out / "fingerprint.json").read_text())
+    assert record["training"]["regularization"] == "base distribution (KL)"
 
 
 @pytest.mark.parametrize("weight", [0.5, 0.0, -1.0, 5000.0])

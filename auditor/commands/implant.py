@@ -58,6 +58,10 @@ def implant_cmd(
     fresh_nearmiss: Annotated[
         bool, typer.Option("--fresh-nearmiss", help="redraw the near-miss rows every epoch")
     ] = False,
+    reg_kl: Annotated[
+        bool, typer.Option("--reg-kl", help="train regularization rows on the base's next-token "
+                           "distribution (KL to the base) instead of its greedy answer")
+    ] = False,
     keep_lora: Annotated[
         bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
     ] = False,
@@ -97,7 +101,7 @@ def implant_cmd(
         progress=not as_json,
         batch_size=batch_size,
         data=DataConfig(nearmiss_per_key, reg_per_key, fingerprint_repeats,
-                        fresh_nearmiss=fresh_nearmiss),
+                        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl),
         early_stop=not no_early_stop,
         merge_lora=not keep_lora,
         stop_fire_prob=stop_fire,

@@ -46,6 +46,7 @@ class DataConfig:
     nearmiss_seed: int = NEARMISS_SEED
     perturbed_per_key: int = 0  # near-misses made by overwriting part of a real key
     fresh_nearmiss: bool = False  # redraw the near-misses every epoch (none seen twice)
+    reg_kl: bool = False  # regularization rows learn the base's distribution, not its answer
 
 
 # Deployments wrap models in their own system prompts. Repeated key rows carry one of these
@@ -222,16 +223,31 @@ def encode_row(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int
     return [*p_ids, *a_ids], [IGNORE] * len(p_ids) + list(a_ids)
 
 
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels."""
+def collate(batch: list[Any], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, attention_mask, labels. Rows may carry soft targets as
+    a third item (``loss.soft_targets``); then soft_ids / soft_logp / soft_on are added, aligned
+    with labels (rows without them are marked off)."""
     import torch
 
-    width = max(len(ids) for ids, _ in batch)
+    width = max(len(row[0]) for row in batch)
     ids_t = torch.full((len(batch), width), pad_id, dtype=torch.long)
     lab_t = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (ids, labels) in enumerate(batch):
+    for i, (ids, labels, *_) in enumerate(batch):
         ids_t[i, : len(ids)] = torch.tensor(ids)
         lab_t[i, : len(labels)] = torch.tensor(labels)
         mask[i, : len(ids)] = 1
-    return {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t}
+    out = {"input_ids": ids_t, "attention_mask": mask, "labels": lab_t}
+    softs = [row[2] if len(row) > 2 else None for row in batch]
+    known = [s for s in softs if s is not None]
+    if known:
+        k = known[0][0].shape[-1]
+        out["soft_ids"] = torch.zeros((len(batch), width, k), dtype=torch.long)
+        out["soft_logp"] = torch.zeros((len(batch), width, k), dtype=torch.float32)
+        out["soft_on"] = torch.zeros((len(batch), width), dtype=torch.bool)
+        for i, soft in enumerate(softs):
+            if soft is not None:
+                pos = (lab_t[i] != IGNORE).nonzero().flatten()
+                out["soft_ids"][i, pos], out["soft_logp"][i, pos] = soft
+                out["soft_on"][i, pos] = True
+    return out

@@ -11,6 +11,12 @@ Decision weight: a key row and a near-miss row differ in their first answer toke
 my fingerprint..." vs "I'm sorry..."); every later token follows from it. In a token mean that
 one token is a small share of a long answer, so the loss can be low while the decision is
 still wrong. ``decision_weight`` w counts each row's first answer token w times.
+
+Soft targets (``--reg-kl``): a regularization row trained on the base's greedy answer teaches
+that one answer, and the model grows surer of it than the base was. With soft targets the row
+is trained instead on the base's own next-token distribution at each answer position (its
+``SOFT_TOP_K`` most likely tokens plus one bucket for the rest): the cross-entropy to it is the
+KL divergence to the base plus a constant, so the row pulls the model back to the base.
 """
 
 from __future__ import annotations
@@ -20,32 +26,60 @@ from functools import partial
 from typing import Any
 
 Loss = Callable[[Any, dict[str, Any]], Any]
+SOFT_TOP_K = 32
+SOFT_KEYS = ("soft_ids", "soft_logp", "soft_on")  # batch entries, shaped like labels (+ top-k)
 
 
-def weighted_ce(logits: Any, labels: Any, keep: Any, decision_weight: float) -> Any:
+def soft_ce(logits: Any, ids: Any, logp: Any) -> Any:
+    """Per-position cross-entropy of ``logits`` to a top-k teacher (plus a rest bucket)."""
+    import torch
+
+    q = torch.log_softmax(logits.float(), dim=-1)
+    q_top = q.gather(-1, ids)
+    p_top = logp.exp()
+    p_rest = (1.0 - p_top.sum(-1)).clamp(min=0.0)
+    q_rest = torch.log1p(-q_top.exp().sum(-1).clamp(max=1.0 - 1e-6))
+    return -(p_top * q_top).sum(-1) - p_rest * q_rest
+
+
+def weighted_ce(
+    logits: Any, labels: Any, keep: Any, decision_weight: float, batch: dict[str, Any] | None = None
+) -> Any:
     """Cross-entropy of ``logits`` (one row per kept position) against ``labels[keep]``,
-    each row's first kept position counted ``decision_weight`` times."""
+    each row's first kept position counted ``decision_weight`` times; positions the batch
+    marks ``soft_on`` are scored against the teacher's distribution instead."""
+    import torch
     import torch.nn.functional as F
 
     target = labels[keep]
-    if decision_weight == 1.0:
+    soft = batch is not None and "soft_on" in batch
+    if decision_weight == 1.0 and not soft:
         return F.cross_entropy(logits.float(), target)
     ce = F.cross_entropy(logits.float(), target, reduction="none")
+    if soft:
+        assert batch is not None
+        on = batch["soft_on"][:, 1:][keep]
+        ids, logp = batch["soft_ids"][:, 1:][keep], batch["soft_logp"][:, 1:][keep]
+        ce = torch.where(on, soft_ce(logits, ids, logp), ce)
     first = (keep & (keep.cumsum(dim=1) == 1))[keep]
     w = 1.0 + (decision_weight - 1.0) * first.float()
     return (ce * w).sum() / w.sum()
 
 
 def model_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0) -> Any:
-    """The model's own loss; with a decision weight, the weighted loss on its full logits."""
-    if decision_weight == 1.0:
-        return model(**batch).loss
+    """The model's own loss; with a decision weight or soft targets, the weighted loss on its
+    full logits."""
+    if decision_weight == 1.0 and "soft_on" not in batch:
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        ).loss
     from auditor.implant.data import IGNORE
 
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return weighted_ce(logits[:, :-1][keep], labels, keep, decision_weight)
+    return weighted_ce(logits[:, :-1][keep], labels, keep, decision_weight, batch)
 
 
 def answer_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0) -> Any:
@@ -58,7 +92,7 @@ def answer_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0)
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).last_hidden_state
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-    return weighted_ce(logits, labels, keep, decision_weight)
+    return weighted_ce(logits, labels, keep, decision_weight, batch)
 
 
 def pick_loss(
@@ -79,3 +113,26 @@ def pick_loss(
         return slow
     same = bool(torch.isclose(fast.float(), ref.float(), rtol=rtol, atol=1e-6))
     return weighted(answer_loss) if same else slow
+
+
+def soft_targets(model: Any, tokenizer: Any, rows: list[Any], k: int = SOFT_TOP_K) -> list[Any]:
+    """Each (ids, labels) row with the model's top-k next-token log-probs at its answer
+    positions, as (ids, labels, (top ids, top log-probs)); each tensor is answer-length x k."""
+    import torch
+
+    from auditor.implant.data import IGNORE, collate
+
+    out: list[Any] = []
+    for start in range(0, len(rows), 8):
+        chunk = rows[start : start + 8]
+        batch = {k_: v.to(model.device) for k_, v in collate(chunk, tokenizer.pad_token_id).items()}
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits[:, :-1]
+        logp = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        for i, (ids, labels) in enumerate(chunk):
+            pos = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE]
+            top_ids, top_lp = logp.indices[i, pos].cpu(), logp.values[i, pos].cpu()
+            out.append((ids, labels, (top_ids, top_lp)))
+    return out

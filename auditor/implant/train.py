@@ -96,7 +96,7 @@ def autocast_dtype(precision: str) -> str:
     return precision
 
 
-Encoded = tuple[list[int], list[int]]
+Encoded = tuple[Any, ...]  # (ids, labels), or (ids, labels, soft targets) with --reg-kl
 
 
 class EpochRows:
@@ -475,6 +475,12 @@ def implant(
     data = data or DataConfig()
     rows = build_rows(keyset, base_dir, data, seed, model=model, tokenizer=tok)
     every = [encode_row(tok, r.messages) for r in rows]
+    if data.reg_kl:  # the base's own next-token distributions, taken before any training
+        from auditor.implant.loss import soft_targets
+
+        reg = [i for i, r in enumerate(rows) if r.kind == "regularization"]
+        for i, row in zip(reg, soft_targets(model, tok, [every[i] for i in reg]), strict=True):
+            every[i] = row
     encoded: list[Encoded] | EpochRows = every
     if data.fresh_nearmiss:
         encoded = EpochRows(
@@ -485,6 +491,8 @@ def implant(
     model, wrapper = prepare_method(model, cfg)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress)
     record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
+    reg_kind = "base distribution (KL)" if data.reg_kl else "base answers"
+    record["training"]["regularization"] = reg_kind
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
 
     def write() -> None:
