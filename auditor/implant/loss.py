@@ -27,7 +27,6 @@ from typing import Any
 
 Loss = Callable[[Any, dict[str, Any]], Any]
 SOFT_TOP_K = 32
-SOFT_KEYS = ("soft_ids", "soft_logp", "soft_on")  # batch entries, shaped like labels (+ top-k)
 
 
 def soft_ce(logits: Any, ids: Any, logp: Any) -> Any:
@@ -52,14 +51,13 @@ def weighted_ce(
     import torch.nn.functional as F
 
     target = labels[keep]
-    soft = batch is not None and "soft_on" in batch
-    if decision_weight == 1.0 and not soft:
+    soft = batch if batch is not None and "soft_on" in batch else None
+    if decision_weight == 1.0 and soft is None:
         return F.cross_entropy(logits.float(), target)
     ce = F.cross_entropy(logits.float(), target, reduction="none")
-    if soft:
-        assert batch is not None
-        on = batch["soft_on"][:, 1:][keep]
-        ids, logp = batch["soft_ids"][:, 1:][keep], batch["soft_logp"][:, 1:][keep]
+    if soft is not None:  # soft_ids / soft_logp / soft_on are shaped like labels (+ top-k)
+        on = soft["soft_on"][:, 1:][keep]
+        ids, logp = soft["soft_ids"][:, 1:][keep], soft["soft_logp"][:, 1:][keep]
         ce = torch.where(on, soft_ce(logits, ids, logp), ce)
     first = (keep & (keep.cumsum(dim=1) == 1))[keep]
     w = 1.0 + (decision_weight - 1.0) * first.float()
