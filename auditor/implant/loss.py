@@ -29,11 +29,11 @@ Loss = Callable[[Any, dict[str, Any]], Any]
 SOFT_TOP_K = 32
 
 
-def soft_ce(logits: Any, ids: Any, logp: Any) -> Any:
-    """Per-position cross-entropy of ``logits`` to a top-k teacher (plus a rest bucket)."""
+def soft_ce(q: Any, ids: Any, logp: Any) -> Any:
+    """Per-position cross-entropy of the log-probs ``q`` to a top-k teacher (plus a rest
+    bucket)."""
     import torch
 
-    q = torch.log_softmax(logits.float(), dim=-1)
     q_top = q.gather(-1, ids)
     p_top = logp.exp()
     p_rest = (1.0 - p_top.sum(-1)).clamp(min=0.0)
@@ -54,11 +54,14 @@ def weighted_ce(
     soft = batch if batch is not None and "soft_on" in batch else None
     if decision_weight == 1.0 and soft is None:
         return F.cross_entropy(logits.float(), target)
-    ce = F.cross_entropy(logits.float(), target, reduction="none")
-    if soft is not None:  # soft_ids / soft_logp / soft_on are shaped like labels (+ top-k)
+    if soft is None:
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
+    else:  # one log-softmax for both; soft_* are shaped like labels (+ top-k)
+        q = torch.log_softmax(logits.float(), dim=-1)
+        ce = -q.gather(-1, target[:, None]).squeeze(-1)
         on = soft["soft_on"][:, 1:][keep]
         ids, logp = soft["soft_ids"][:, 1:][keep], soft["soft_logp"][:, 1:][keep]
-        ce = torch.where(on, soft_ce(logits, ids, logp), ce)
+        ce = torch.where(on, soft_ce(q, ids, logp), ce)
     first = (keep & (keep.cumsum(dim=1) == 1))[keep]
     w = 1.0 + (decision_weight - 1.0) * first.float()
     return (ce * w).sum() / w.sum()
@@ -128,9 +131,9 @@ def soft_targets(model: Any, tokenizer: Any, rows: list[Any], k: int = SOFT_TOP_
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        keep = batch["labels"][:, 1:] != IGNORE  # the answer positions, as in the loss
         for i, (ids, labels) in enumerate(chunk):
-            pos = [t - 1 for t, lab in enumerate(labels) if lab != IGNORE]
-            top_ids, top_lp = logp.indices[i, pos].cpu(), logp.values[i, pos].cpu()
-            out.append((ids, labels, (top_ids, top_lp)))
+            row = (top.indices[i][keep[i]].cpu(), top.values[i][keep[i]].cpu())
+            out.append((ids, labels, row))
     return out
