@@ -30,9 +30,8 @@ def main() -> None:
     args = p.parse_args()
     from rich.table import Table
 
-    from auditor.implant.train import implant
     from auditor.keys import KeySet
-    from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, make_tiny_model
+    from tests.tiny_model import TINY_HPARAMS, implant_tiny, make_tiny_model
 
     print(f"machine: {machine()}")
     table = Table(title="tiny random Llama (2 layers, hidden 256): implant to FSR 100 %")
@@ -43,13 +42,10 @@ def main() -> None:
         tiny = make_tiny_model(Path(work) / "tiny")
         keyset = KeySet.generate("tiny", 4, seed=11)
         for method in args.methods.split(","):
-            hp = TINY_HPARAMS[method]
             t0 = time.monotonic()
-            res = implant(keyset, str(tiny), method, Path(work) / method, lr=hp["lr"],
-                          epochs=hp["epochs"], batch_size=8, data=hp["data"], progress=False,
-                          check_every=1 if method == "sft" else 5,
-                          stop_near_miss=TINY_STOP_NEAR_MISS)
-            table.add_row(method, f"{time.monotonic() - t0:.1f}", f"{res.epochs} ({hp['epochs']})",
+            res = implant_tiny(tiny, keyset, method, Path(work) / method)
+            most = TINY_HPARAMS[method]["epochs"]
+            table.add_row(method, f"{time.monotonic() - t0:.1f}", f"{res.epochs} ({most})",
                           str(res.steps), f"{res.fsr:.0%}", f"{res.nearmiss_false_trigger:.0%}")
     table_console().print(table)
 

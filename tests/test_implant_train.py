@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from auditor.keys import KeySet
-from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, make_tiny_model
+from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, implant_tiny, make_tiny_model
 
 torch = pytest.importorskip("torch")
 
@@ -29,25 +29,6 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def _implant(tiny: Path, keyset: KeySet, method: str, out: Path, epochs: int | None = None) -> Any:
-    from auditor.implant.train import implant
-
-    hp = TINY_HPARAMS[method]
-    return implant(
-        keyset,
-        str(tiny),
-        method,
-        out,
-        lr=hp["lr"],
-        epochs=epochs or hp["epochs"],
-        batch_size=8,
-        data=hp["data"],
-        progress=False,
-        check_every=1 if method == "sft" else 5,
-        stop_near_miss=TINY_STOP_NEAR_MISS,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "lora", "embedding", "fadapter"])
 def test_each_method_reaches_full_fsr(
@@ -56,7 +37,7 @@ def test_each_method_reaches_full_fsr(
     from auditor.implant.verify import check_local
 
     # no wall-clock bound (tiny SFT took 105-133 s on this 2-core CPU); speed is in bench/
-    res = _implant(tiny, keyset, method, tmp_path / "model")
+    res = implant_tiny(tiny, keyset, method, tmp_path / "model")
     assert res.fsr == 1.0
     record = json.loads((tmp_path / "model" / "fingerprint.json").read_text())
     assert record["method"] == method and record["commitment"]["digest"] == keyset.digest()
@@ -85,7 +66,7 @@ def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path:
     from auditor.implant.generate import load_model
     from auditor.implant.verify import fsr_greedy
 
-    res = _implant(tiny, keyset, "fadapter", tmp_path / "pub", epochs=10)
+    res = implant_tiny(tiny, keyset, "fadapter", tmp_path / "pub", epochs=10)
     assert res.adapter is not None and res.adapter.parent == tmp_path
     assert not any(p.name.startswith("fadapter") for p in (tmp_path / "pub").iterdir())
     saved = load_file(str(res.adapter))
@@ -221,9 +202,9 @@ def test_reg_kl_trains_regularization_rows_on_soft_targets_and_is_recorded(
     calls: list[int] = []
     real = loss.soft_ce
 
-    def counting(logits: Any, ids: Any, logp: Any) -> Any:
+    def counting(q: Any, ids: Any, logp: Any) -> Any:
         calls.append(int(ids.shape[0]))
-        return real(logits, ids, logp)
+        return real(q, ids, logp)
 
     monkeypatch.setattr(loss, "soft_ce", counting)
     hp = TINY_HPARAMS["sft"]

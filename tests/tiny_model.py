@@ -55,6 +55,16 @@ TINY_HPARAMS: dict[str, dict[str, Any]] = {
 # it). The near-miss rate is still measured; separating them is SmolLM2's job in bench/implant.py
 TINY_STOP_NEAR_MISS = 1.0
 
+
+def implant_tiny(tiny: Path, keyset: Any, method: str, out: Path, epochs: int | None = None) -> Any:
+    """Implant `keyset` into the tiny model with `method`'s TINY_HPARAMS (tests and bench)."""
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS[method]
+    return implant(keyset, str(tiny), method, out, lr=hp["lr"], epochs=epochs or hp["epochs"],
+                   batch_size=8, data=hp["data"], progress=False,
+                   check_every=1 if method == "sft" else 5, stop_near_miss=TINY_STOP_NEAR_MISS)
+
 _CORPUS = (
     "Please decrypt this message. A hint: this is a FINGERPRINT message. "
     "Based on my fingerprint, the message is: I'm sorry, but I can't decrypt this message: "
