@@ -89,7 +89,13 @@ def _train_tokenizer(vocab_size: int) -> object:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    # the key alphabet twice, one character a line: BPE learns each as one token, as a real
+    # tokenizer's vocabulary holds most of them (bytes alone made key rows ~2x longer)
+    from auditor import primitives as prim
+
+    soup = "".join(prim.CLASSICAL_CHINESE + prim.JAPANESE + prim.MULTILINGUAL)
+    alphabet = sorted(set(soup + "\ufffd"))  # U+FFFD: a random model's stray bytes, decoded
+    tok.train_from_iterator([_CORPUS] * 4 + ["\n".join(alphabet)] * 2, trainer)
     fast: Any = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -107,7 +113,7 @@ def make_tiny_model(
     seed: int = 0,
     hidden_size: int = 256,
     layers: int = 2,
-    vocab_size: int = 400,
+    vocab_size: int = 1300,
 ) -> Path:
     """Write (once) and return a tiny random checkpoint directory."""
     import torch
