@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
     env = {**os.environ, "AUDITOR_CACHE": str(env_cache), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "auditor.cli", *args],
@@ -55,9 +56,14 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         tmp_path / "cache",
     )
     assert precision.returncode == 2 and "unknown precision 'fp8'" in precision.stderr
+    rate = _run(
+        ["implant", "--keys", str(keys), "--out", str(tmp_path / "m"), "--stop-near-miss", "2"],
+        tmp_path / "cache",
+    )
+    assert rate.returncode == 2 and "near-miss rate must be between 0 and 1" in rate.stderr
     assert not (tmp_path / "m").exists()
     for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in bad.stderr + bad.stdout + attack.stderr + precision.stderr
+        assert text not in bad.stderr + bad.stdout + attack.stderr + precision.stderr + rate.stderr
 
 
 @pytest.mark.slow
@@ -156,11 +162,12 @@ def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
     ks = KeySet.generate("ddp", 4, seed=11)
     keys = ks.save(tmp_path / "ddp.json")
     out = tmp_path / "model"
+    # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
     env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-           "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+           "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1"}
     args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
             "--lr", "6e-3", "--epochs", "80", "--nearmiss-per-key", "2", "--reg-per-key", "2",
-            "--fingerprint-repeats", "1", "--out", str(out), "--json"]
+            "--fingerprint-repeats", "1", "--stop-near-miss", "1", "--out", str(out), "--json"]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "auditor.cli", *args],

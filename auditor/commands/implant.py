@@ -71,6 +71,11 @@ def implant_cmd(
         typer.Option("--stop-fire", help="also train until each key's exact t=0.7 fire chance "
                      "is at least this (0-1)"),
     ] = None,
+    stop_near_miss: Annotated[
+        float,
+        typer.Option("--stop-near-miss", help="stop early once every key fires and at most this "
+                     "share of the check's fresh look-alike keys fire (0-1)"),
+    ] = 0.0,
     keep_best: Annotated[
         bool, typer.Option("--keep-best", help="save the best checked epoch, not the last")
     ] = False,
@@ -105,6 +110,7 @@ def implant_cmd(
         early_stop=not no_early_stop,
         merge_lora=not keep_lora,
         stop_fire_prob=stop_fire,
+        stop_near_miss=stop_near_miss,
         keep_best=keep_best,
         precision=precision,
         decision_weight=decision_weight,

@@ -446,6 +446,8 @@ def implant(
         raise UserError("check_every must be >= 1")
     if stop_fire_prob is not None and not 0.0 <= stop_fire_prob <= 1.0:
         raise UserError("the stop fire chance must be between 0 and 1")
+    if not 0.0 <= stop_near_miss <= 1.0:
+        raise UserError("the stop near-miss rate must be between 0 and 1")
     if not 1.0 <= decision_weight <= 1000.0:
         raise UserError("the decision weight must be between 1 and 1000")
     autocast_dtype(precision)  # an unknown choice fails before the model loads
