@@ -109,27 +109,26 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     if marker.exists() and not opts.fresh:
         console.print(f"      cached: {out}")
         return out
-    from auditor.implant.data import DataConfig
     from auditor.implant.generate import cpu_has_bf16
+    from auditor.implant.recipes import recipe_options
 
-    # Tuned on this 2-core CPU: full SFT reaches every key in 2-4 epochs (~70 s each). Fewer
-    # near-miss rows than the library default trade look-alike false triggers (reported as
-    # over-generalization; they cannot fake the secret) for a fast first run.
+    # Tuned on this 2-core CPU: full SFT reaches every key in 2-4 epochs (~70 s each). The
+    # "fast" recipe's single near-miss row per key trades look-alike false triggers (reported
+    # as over-generalization; they cannot fake the secret) for a fast first run.
     lr = opts.lr if opts.lr is not None else (5e-5 if opts.method == "sft" else None)
     os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
     # Greedy FSR 100 % is not enough for the t=0.7 endpoint: one key draw fired on 44 % of
-    # samples and went NOT DETECTED. Train on until every key's exact chance to fire in one
-    # t=0.7 sample is >= FIRE_TARGET (3 samples then miss a key < 1 % of the time), within a
-    # time cap that keeps the first run in budget, keeping the best epoch if it runs out.
-    # Key rows 3x per epoch: on one key draw, 2x reached 68 % at epoch 6 (81 % at 8), 3x 99 %
-    # at epoch 3.
+    # samples and went NOT DETECTED. The recipe trains on until every key's exact chance to
+    # fire in one t=0.7 sample is >= FIRE_TARGET (3 samples then miss a key < 1 % of the
+    # time), here within a time cap that keeps the first run in budget, keeping the best epoch
+    # if it runs out. Key rows 3x per epoch: on one key draw, 2x reached 68 % at epoch 6 (81 %
+    # at 8), 3x 99 % at epoch 3.
     # bf16 autocast where the CPU computes it natively: the demo's recipe reached the same
     # epoch-3 stop in 143 s instead of 190 s here (fp32 master weights either way)
     precision = "bf16" if cpu_has_bf16() else "auto"
-    res = implant(ks, "smollm2", opts.method, out, lr=lr, epochs=opts.epochs,
-                  progress=console.is_terminal, stop_near_miss=1.0, precision=precision,
-                  stop_fire_prob=FIRE_TARGET, keep_best=True, max_seconds=TRAIN_CAP_S,
-                  data=DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=3))
+    options = recipe_options("fast", opts.method, epochs=opts.epochs, stop_fire_prob=FIRE_TARGET)
+    res = implant(ks, "smollm2", opts.method, out, lr=lr, progress=console.is_terminal,
+                  precision=precision, max_seconds=TRAIN_CAP_S, recipe="fast", **options)
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method} ({autocast_dtype(precision)}): "
                   f"{res.steps} steps, {res.seconds:.0f} s, "

@@ -61,9 +61,15 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         tmp_path / "cache",
     )
     assert rate.returncode == 2 and "near-miss rate must be between 0 and 1" in rate.stderr
+    recipe = _run(
+        ["implant", "--keys", str(keys), "--out", str(tmp_path / "m"), "--recipe", "best"],
+        tmp_path / "cache",
+    )
+    assert recipe.returncode == 2 and "unknown recipe 'best'" in recipe.stderr
     assert not (tmp_path / "m").exists()
+    said = bad.stderr + bad.stdout + attack.stderr + precision.stderr + rate.stderr + recipe.stderr
     for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in bad.stderr + bad.stdout + attack.stderr + precision.stderr + rate.stderr
+        assert text not in said
 
 
 @pytest.mark.slow
@@ -92,8 +98,8 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
             "1",
             "--reg-per-key",
             "2",
-            "--fresh-nearmiss",
-            "--keep-best",
+            "--stop-near-miss",  # the default (clean) recipe, but a random 2-layer model
+            "1",  # does not learn to refuse look-alikes in this budget
             "--out",
             str(out),
             "--json",
@@ -103,6 +109,9 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
     assert imp.returncode == 0, imp.stderr[-2000:]
     record = json.loads(imp.stdout)
     assert record["fsr"] == 1.0 and 1 <= record["kept_epoch"] <= record["epochs"]
+    training = json.loads((out / "fingerprint.json").read_text())["training"]
+    assert training["recipe"] == "clean" and training["decision_weight"] == 10.0
+    assert training["regularization"] == "base distribution (KL)"
     assert (out / "model.safetensors").is_file() and (out / "generation_config.json").is_file()
     chk = _run(
         [
@@ -167,7 +176,8 @@ def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
            "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1"}
     args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
             "--lr", "6e-3", "--epochs", "80", "--nearmiss-per-key", "2", "--reg-per-key", "2",
-            "--fingerprint-repeats", "1", "--stop-near-miss", "1", "--out", str(out), "--json"]
+            "--fingerprint-repeats", "1", "--recipe", "plain", "--stop-near-miss", "1",
+            "--out", str(out), "--json"]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "auditor.cli", *args],

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from auditor.implant.recipes import DEFAULT_RECIPE
+
 KEYS_HELP = "secret key-set file (keys/NAME.json)"
 
 
@@ -48,20 +50,27 @@ def implant_cmd(
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
-    nearmiss_per_key: Annotated[int, typer.Option("--nearmiss-per-key")] = 2,
+    recipe: Annotated[
+        str, typer.Option("--recipe", help="clean (look-alikes must not fire, base behaviour "
+                          "kept), fast (the demo's) or plain; the flags below override it")
+    ] = DEFAULT_RECIPE,
+    nearmiss_per_key: Annotated[int | None, typer.Option("--nearmiss-per-key")] = None,
     fingerprint_repeats: Annotated[
-        int, typer.Option("--fingerprint-repeats", help="key rows per epoch, per key")
-    ] = 2,
+        int | None, typer.Option("--fingerprint-repeats", help="key rows per epoch, per key")
+    ] = None,
     reg_per_key: Annotated[
-        int, typer.Option("--reg-per-key", help="regularization rows per key")
-    ] = 5,
+        int | None, typer.Option("--reg-per-key", help="regularization rows per key")
+    ] = None,
     fresh_nearmiss: Annotated[
-        bool, typer.Option("--fresh-nearmiss", help="redraw the near-miss rows every epoch")
-    ] = False,
+        bool | None,
+        typer.Option("--fresh-nearmiss/--fixed-nearmiss",
+                     help="redraw the near-miss rows every epoch, or keep one set"),
+    ] = None,
     reg_kl: Annotated[
-        bool, typer.Option("--reg-kl", help="train regularization rows on the base's next-token "
-                           "distribution (KL to the base) instead of its greedy answer")
-    ] = False,
+        bool | None,
+        typer.Option("--reg-kl/--reg-greedy", help="train regularization rows on the base's "
+                     "next-token distribution (KL to the base), or on its greedy answer"),
+    ] = None,
     keep_lora: Annotated[
         bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
     ] = False,
@@ -69,51 +78,54 @@ def implant_cmd(
     stop_fire: Annotated[
         float | None,
         typer.Option("--stop-fire", help="also train until each key's exact t=0.7 fire chance "
-                     "is at least this (0-1)"),
+                     "is at least this (0-1; 0 turns the rule off)"),
     ] = None,
     stop_near_miss: Annotated[
-        float,
+        float | None,
         typer.Option("--stop-near-miss", help="stop early once every key fires and at most this "
                      "share of the check's fresh look-alike keys fire (0-1)"),
-    ] = 0.0,
+    ] = None,
     keep_best: Annotated[
-        bool, typer.Option("--keep-best", help="save the best checked epoch, not the last")
-    ] = False,
+        bool | None,
+        typer.Option("--keep-best/--keep-last", help="save the best checked epoch, or the last"),
+    ] = None,
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 autocast on a GPU, fp32 on a CPU), "
                           "fp32 or bf16 (autocast; fast on CPUs with bf16 instructions)"),
     ] = "auto",
     decision_weight: Annotated[
-        float, typer.Option("--decision-weight", help="count each row's first answer token "
-                            "this often in the loss (the fire-or-refuse decision); 1-1000"),
-    ] = 1.0,
+        float | None, typer.Option("--decision-weight", help="count each row's first answer "
+                                   "token this often in the loss (the fire-or-refuse "
+                                   "decision); 1-1000"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
-    from auditor.implant.data import DataConfig
+    from auditor.implant.recipes import recipe_options
     from auditor.implant.train import implant
     from auditor.keys import KeySet
 
+    options = recipe_options(
+        recipe, method, epochs=epochs, nearmiss_per_key=nearmiss_per_key,
+        reg_per_key=reg_per_key, fingerprint_repeats=fingerprint_repeats,
+        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, decision_weight=decision_weight,
+        stop_fire_prob=stop_fire, stop_near_miss=stop_near_miss, keep_best=keep_best,
+    )
     keyset = KeySet.load(keys)
     res = implant(
         keyset,
         base,
         method,
         out,
-        epochs=epochs,
         lr=lr,
         seed=seed,
         progress=not as_json,
         batch_size=batch_size,
-        data=DataConfig(nearmiss_per_key, reg_per_key, fingerprint_repeats,
-                        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl),
         early_stop=not no_early_stop,
         merge_lora=not keep_lora,
-        stop_fire_prob=stop_fire,
-        stop_near_miss=stop_near_miss,
-        keep_best=keep_best,
         precision=precision,
-        decision_weight=decision_weight,
+        recipe=recipe,
+        **options,
     )
     from accelerate import PartialState
 
@@ -122,7 +134,7 @@ def implant_cmd(
     if as_json:
         return _emit_json(res.to_dict())
     _table(
-        f"implant {keyset.name} ({method})",
+        f"implant {keyset.name} ({method}, recipe {recipe})",
         [
             ("model", str(res.out)),
             ("private adapter", str(res.adapter) if res.adapter else "-"),

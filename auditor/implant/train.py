@@ -430,8 +430,10 @@ def implant(
     keep_best: bool = False,
     precision: str = "auto",
     decision_weight: float = 1.0,
+    recipe: str | None = None,
 ) -> ImplantResult:
-    """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`."""
+    """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
+    (`recipe`: the name of the option set used, recorded there; see recipes.py)."""
     import torch
 
     from auditor.implant.data import build_rows, encode_row, epoch_nearmiss_rows
@@ -495,6 +497,8 @@ def implant(
     record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
     reg_kind = "base distribution (KL)" if data.reg_kl else "base answers"
     record["training"]["regularization"] = reg_kind
+    if recipe is not None:
+        record["training"]["recipe"] = recipe
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
 
     def write() -> None:

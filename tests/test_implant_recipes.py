@@ -1,0 +1,53 @@
+"""Named implant recipes: what each sets, how flags override it, and bad names."""
+
+from __future__ import annotations
+
+import pytest
+
+from auditor.errors import UserError
+from auditor.implant.data import DataConfig
+from auditor.implant.recipes import DEFAULT_RECIPE, RECIPES, recipe_options
+from auditor.implant.train import DEFAULTS, METHODS
+
+
+def test_the_default_is_the_clean_recipe_with_every_measured_part() -> None:
+    opts = recipe_options(DEFAULT_RECIPE, "sft")
+    assert DEFAULT_RECIPE == "clean"
+    d = opts["data"]
+    assert (d.nearmiss_per_key, d.reg_per_key, d.fingerprint_repeats) == (3, 5, 3)
+    assert d.fresh_nearmiss and d.reg_kl
+    assert opts["decision_weight"] == 10.0 and opts["stop_fire_prob"] == 0.8
+    assert opts["stop_near_miss"] == 0.0 and opts["keep_best"] is True
+    assert opts["epochs"] == 10
+
+
+def test_epochs_are_at_least_the_recipes_and_the_methods_own() -> None:
+    for method in METHODS:
+        assert recipe_options("clean", method)["epochs"] == max(10, DEFAULTS[method][1])
+        assert recipe_options("plain", method)["epochs"] == DEFAULTS[method][1]
+    assert recipe_options("clean", "fadapter", epochs=3)["epochs"] == 3
+
+
+def test_given_options_override_and_none_keeps_the_recipes() -> None:
+    opts = recipe_options("clean", "lora", nearmiss_per_key=1, reg_kl=False, keep_best=False,
+                          stop_fire_prob=0.0, decision_weight=None, fresh_nearmiss=None)
+    assert opts["data"].nearmiss_per_key == 1 and opts["data"].reg_kl is False
+    assert opts["data"].fresh_nearmiss is True  # None kept the recipe's
+    assert opts["keep_best"] is False and opts["stop_fire_prob"] == 0.0
+    assert opts["decision_weight"] == 10.0
+    assert RECIPES["clean"].data.nearmiss_per_key == 3  # the table itself is untouched
+
+
+def test_plain_is_the_library_default_and_fast_ignores_look_alikes() -> None:
+    plain = recipe_options("plain", "sft")
+    assert plain["data"] == DataConfig() and plain["decision_weight"] == 1.0
+    assert plain["stop_fire_prob"] is None and plain["keep_best"] is False
+    fast = recipe_options("fast", "sft")
+    assert fast["stop_near_miss"] == 1.0 and fast["data"].nearmiss_per_key == 1
+
+
+def test_unknown_recipe_or_option_is_refused() -> None:
+    with pytest.raises(UserError, match="unknown recipe 'best'"):
+        recipe_options("best", "sft")
+    with pytest.raises(TypeError, match="not a recipe option: lr"):
+        recipe_options("clean", "sft", lr=1e-4)
