@@ -8,6 +8,8 @@ own share), and FSR after each robustness attack.
     .venv/bin/python bench/implant.py                       # all methods, all attacks
     .venv/bin/python bench/implant.py --methods lora --attacks user-sft,system-prompt \\
         --user-rows 200                                     # a quicker partial run
+    .venv/bin/python bench/implant.py --methods sft --recipe clean --style vocab \
+        --precision bf16                                    # auditor implant's default recipe
 
 Targets: <= 120 s to FSR 100 %, near-miss false trigger <= 1 %, ordinary 0 %, FSR >= 95 %
 after user SFT, drift <= 2 %. Key text and the decryption are never printed.
@@ -28,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from auditor.implant.recipes import RECIPES  # noqa: E402
 from auditor.implant.train import PRECISIONS  # noqa: E402
 from auditor.keys import STYLES  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
@@ -35,13 +38,14 @@ from bench.machine import machine, table_console  # noqa: E402
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
 # store_true options, passed on only when set
-FLAGS = ("progress", "fresh_nearmiss", "keep_best", "reg_kl")
+FLAGS = ("progress",)
+CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl")  # --x / --no-x; unset: the recipe's
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Child: implant one method, check it, attack it; return the figures."""
-    from auditor.implant.data import DataConfig
+    from auditor.implant.recipes import recipe_options
     from auditor.implant.robustness import run_attack
     from auditor.implant.train import implant
     from auditor.implant.verify import check_local
@@ -51,13 +55,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     out = work / f"model-{args.one}"
     t0 = time.monotonic()
-    mix = {f: getattr(args, f) for f in DATA_FIELDS if getattr(args, f) is not None}
-    data = DataConfig(**mix, fresh_nearmiss=args.fresh_nearmiss, reg_kl=args.reg_kl)
+    options = recipe_options(
+        args.recipe, args.one, epochs=args.epochs, **{f: getattr(args, f) for f in DATA_FIELDS},
+        **{f: getattr(args, f) for f in CHOICES}, stop_near_miss=args.stop_near_miss,
+        stop_fire_prob=args.stop_fire, decision_weight=args.decision_weight,
+    )
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
-                  lr=args.lr, epochs=args.epochs, data=data, stop_near_miss=args.stop_near_miss,
-                  check_controls=args.check_controls, keep_best=args.keep_best,
-                  stop_fire_prob=args.stop_fire, precision=args.precision,
-                  decision_weight=args.decision_weight)
+                  lr=args.lr, check_controls=args.check_controls, precision=args.precision,
+                  recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
         "implant": res.to_dict(),
@@ -169,20 +174,22 @@ def main() -> None:
     p.add_argument("--user-epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=None, help="default: the method's")
     p.add_argument("--epochs", type=int, default=None, help="most epochs (default: the method's)")
+    p.add_argument("--recipe", default="plain", choices=RECIPES,
+                   help="option set (auditor/implant/recipes.py); the flags below override it")
     for f in DATA_FIELDS:
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=None,
-                       help="training data mix (default: DataConfig's)")
-    p.add_argument("--fresh-nearmiss", action="store_true",
-                   help="redraw the near-miss rows every epoch")
-    p.add_argument("--reg-kl", action="store_true",
+                       help="training data mix (default: the recipe's)")
+    on_off = argparse.BooleanOptionalAction
+    p.add_argument("--fresh-nearmiss", action=on_off, help="redraw the near-miss rows every epoch")
+    p.add_argument("--reg-kl", action=on_off,
                    help="regularization rows learn the base's next-token distribution")
-    p.add_argument("--stop-near-miss", type=float, default=0.0,
+    p.add_argument("--stop-near-miss", type=float, default=None,
                    help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
     p.add_argument("--stop-fire", type=float, default=None,
                    help="... and each key's exact t=0.7 fire chance is at least this")
-    p.add_argument("--keep-best", action="store_true",
+    p.add_argument("--keep-best", action=on_off,
                    help="save the best checked epoch (FSR, then near-miss, then fire chance)")
-    p.add_argument("--decision-weight", type=float, default=1.0,
+    p.add_argument("--decision-weight", type=float, default=None,
                    help="loss weight of each row's first answer token (the fire-or-refuse one)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
@@ -210,9 +217,12 @@ def main() -> None:
                 *[
                     f"--{k.replace('_', '-')}={v}"
                     for k, v in vars(args).items()
-                    if k not in (*FLAGS, "one", "work", "json_out", "methods") and v is not None
+                    if k not in (*FLAGS, *CHOICES, "one", "work", "json_out", "methods")
+                    and v is not None
                 ],
                 *[f"--{k.replace('_', '-')}" for k in FLAGS if getattr(args, k)],
+                *[f"--{'' if getattr(args, k) else 'no-'}{k.replace('_', '-')}"
+                  for k in CHOICES if getattr(args, k) is not None],
             ]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             lines = proc.stdout.strip().splitlines()
