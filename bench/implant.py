@@ -39,7 +39,7 @@ ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
 # store_true options, passed on only when set
 FLAGS = ("progress",)
-CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl")  # --x / --no-x; unset: the recipe's
+CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl", "balanced")  # --x / --no-x; unset: the recipe's
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
@@ -183,6 +183,8 @@ def main() -> None:
     p.add_argument("--fresh-nearmiss", action=on_off, help="redraw the near-miss rows every epoch")
     p.add_argument("--reg-kl", action=on_off,
                    help="regularization rows learn the base's next-token distribution")
+    p.add_argument("--balanced", action=on_off,
+                   help="every batch holds each kind of row in proportion (else shuffled)")
     p.add_argument("--stop-near-miss", type=float, default=None,
                    help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
     p.add_argument("--stop-fire", type=float, default=None,

@@ -1,4 +1,5 @@
-"""Named implant recipes: what each sets, how flags override it, and bad names."""
+"""Named implant recipes (what each sets, how flags override it, bad names) and the
+balanced row order."""
 
 from __future__ import annotations
 
@@ -51,3 +52,20 @@ def test_unknown_recipe_or_option_is_refused() -> None:
         recipe_options("best", "sft")
     with pytest.raises(TypeError, match="not a recipe option: lr"):
         recipe_options("clean", "sft", lr=1e-4)
+
+
+def test_balanced_order_puts_each_kind_in_every_batch_in_proportion() -> None:
+    from auditor.implant.order import BalancedOrder
+
+    kinds = ["fingerprint"] * 30 + ["nearmiss"] * 30 + ["regularization"] * 50
+    order = BalancedOrder(kinds, seed=3)
+    epochs = [list(order) for _ in range(3)]
+    assert all(sorted(e) == list(range(len(kinds))) for e in epochs)  # permutations
+    assert epochs[0] != epochs[1] != epochs[2]  # a fresh order each epoch
+    assert epochs == [BalancedOrder(kinds, seed=3).order(e) for e in range(3)]  # seeded
+    for e in epochs:
+        for start in range(0, len(e) - 7, 8):
+            batch = [kinds[i] for i in e[start : start + 8]]
+            for kind, share in (("fingerprint", 30), ("nearmiss", 30), ("regularization", 50)):
+                # 8 * share / 110 rows of this kind, give or take one
+                assert abs(batch.count(kind) - 8 * share / len(kinds)) <= 1.0 + 1e-9, batch

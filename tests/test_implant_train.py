@@ -216,6 +216,34 @@ def test_reg_kl_trains_regularization_rows_on_soft_targets_and_is_recorded(
     assert record["training"]["regularization"] == "base distribution (KL)"
 
 
+def test_balanced_batches_drive_the_loader_each_epoch_and_are_recorded(
+    tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from auditor.implant import order
+    from auditor.implant.train import implant
+
+    seen: list[list[int]] = []
+    real = order.BalancedOrder.__iter__
+
+    def recording(self: order.BalancedOrder) -> Any:
+        seen.append(self.order(self.epoch))
+        return real(self)
+
+    monkeypatch.setattr(order.BalancedOrder, "__iter__", recording)
+    hp = TINY_HPARAMS["sft"]
+    out = tmp_path / "balanced"
+    data = replace(hp["data"], balanced=True, fresh_nearmiss=True)
+    res = implant(keyset, str(tiny), "sft", out, lr=hp["lr"], epochs=2, early_stop=False,
+                  data=data, progress=False)
+    assert res.steps == 6 and len(seen) == 2 and seen[0] != seen[1]
+    assert all(sorted(o) == list(range(20)) for o in seen)  # 4 keys, 8 near-misses, 8 reg
+    record = json.loads((out / "fingerprint.json").read_text())
+    assert record["training"]["data"]["balanced"] is True
+    assert record["training"]["data"]["fresh_nearmiss"] is True
+
+
 @pytest.mark.parametrize("weight", [0.5, 0.0, -1.0, 5000.0])
 def test_a_decision_weight_out_of_range_fails_before_loading(
     keyset: KeySet, tmp_path: Path, weight: float

@@ -71,6 +71,11 @@ def implant_cmd(
         typer.Option("--reg-kl/--reg-greedy", help="train regularization rows on the base's "
                      "next-token distribution (KL to the base), or on its greedy answer"),
     ] = None,
+    balanced: Annotated[
+        bool | None,
+        typer.Option("--balanced/--shuffled", help="every batch holds key, near-miss and "
+                     "regularization rows in proportion, or a plain shuffle"),
+    ] = None,
     keep_lora: Annotated[
         bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
     ] = False,
@@ -108,7 +113,8 @@ def implant_cmd(
     options = recipe_options(
         recipe, method, epochs=epochs, nearmiss_per_key=nearmiss_per_key,
         reg_per_key=reg_per_key, fingerprint_repeats=fingerprint_repeats,
-        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, decision_weight=decision_weight,
+        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, balanced=balanced,
+        decision_weight=decision_weight,
         stop_fire_prob=stop_fire, stop_near_miss=stop_near_miss, keep_best=keep_best,
     )
     keyset = KeySet.load(keys)

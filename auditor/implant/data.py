@@ -47,6 +47,7 @@ class DataConfig:
     perturbed_per_key: int = 0  # near-misses made by overwriting part of a real key
     fresh_nearmiss: bool = False  # redraw the near-misses every epoch (none seen twice)
     reg_kl: bool = False  # regularization rows learn the base's distribution, not its answer
+    balanced: bool = False  # every batch holds each kind of row in proportion (order.py)
 
 
 # Deployments wrap models in their own system prompts. Repeated key rows carry one of these

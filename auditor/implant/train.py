@@ -237,14 +237,17 @@ def train_loop(
     encoded: list[Encoded] | EpochRows,
     cfg: TrainConfig,
     progress: bool,
+    kinds: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The optimisation loop with per-epoch early-stop checks (none without a key set)."""
+    """The optimisation loop with per-epoch early-stop checks (none without a key set).
+    With `kinds` (each row's kind), every batch carries each kind in proportion."""
     import torch
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from auditor.implant.data import collate
     from auditor.implant.loss import Loss, model_loss, pick_loss
+    from auditor.implant.order import BalancedOrder
 
     # autocast is ours, not the Accelerator's: its state is one per process and cannot change
     # precision between two runs in the same process
@@ -255,10 +258,12 @@ def train_loop(
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=fused or None)
     gen = torch.Generator().manual_seed(cfg.seed)
+    order = BalancedOrder(kinds, cfg.seed) if kinds else None
     loader: Any = DataLoader(
         encoded,  # type: ignore[arg-type]
         batch_size=cfg.batch_size,
-        shuffle=True,
+        shuffle=order is None,
+        sampler=order,
         generator=gen,
         collate_fn=lambda b: collate(b, tokenizer.pad_token_id),
     )
@@ -486,17 +491,22 @@ def implant(
         for i, row in zip(reg, soft_targets(model, tok, [every[i] for i in reg]), strict=True):
             every[i] = row
     encoded: list[Encoded] | EpochRows = every
-    if data.fresh_nearmiss:
+    kinds = [r.kind for r in rows]
+    if data.fresh_nearmiss:  # fixed rows, then the redrawn near-misses (same kinds each epoch)
+        fixed = [i for i, r in enumerate(rows) if r.kind != "nearmiss"]
         encoded = EpochRows(
-            [e for e, r in zip(every, rows, strict=True) if r.kind != "nearmiss"],
+            [every[i] for i in fixed],
             lambda ep: [encode_row(tok, r.messages)
                         for r in epoch_nearmiss_rows(keyset, data, seed, ep)],
         )
+        kinds = [kinds[i] for i in fixed] + ["nearmiss"] * (len(rows) - len(fixed))
     model, wrapper = prepare_method(model, cfg)
-    stats = train_loop(model, tok, keyset, encoded, cfg, progress)
+    stats = train_loop(model, tok, keyset, encoded, cfg, progress,
+                       kinds if data.balanced else None)
     record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
     reg_kind = "base distribution (KL)" if data.reg_kl else "base answers"
     record["training"]["regularization"] = reg_kind
+    record["training"]["data"] = asdict(data)  # the mix and order (public: no key text)
     if recipe is not None:
         record["training"]["recipe"] = recipe
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
