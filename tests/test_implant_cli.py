@@ -107,6 +107,7 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
         tmp_path / "cache",
     )
     assert imp.returncode == 0, imp.stderr[-2000:]
+    assert "the clean recipe was measured on vocab keys" in imp.stderr  # these are if-soup
     record = json.loads(imp.stdout)
     assert record["fsr"] == 1.0 and 1 <= record["kept_epoch"] <= record["epochs"]
     training = json.loads((out / "fingerprint.json").read_text())["training"]

@@ -26,6 +26,7 @@ def test_changed_character_is_mismatch(tmp_path: Path) -> None:
     assert run_cli("keys", "new", "x", "--count", "3", cwd=tmp_path).code == 0
     key_file, commitment = tmp_path / "keys/x.json", tmp_path / "keys/x.commitment.json"
     other = KeySet.load(key_file)
+    assert other.style == "vocab"  # the default: the style the clean implant recipe was measured on
     other.keys[0] = type(other.keys[0])("k000", other.keys[0].text + "!")
     other.save(tmp_path / "keys/y.json")
     r = run_cli("keys", "verify", str(tmp_path / "keys/y.json"), str(commitment), cwd=tmp_path)

@@ -118,6 +118,9 @@ def implant_cmd(
         stop_fire_prob=stop_fire, stop_near_miss=stop_near_miss, keep_best=keep_best,
     )
     keyset = KeySet.load(keys)
+    if recipe == "clean" and keyset.style != "vocab":
+        typer.echo(f"note: the clean recipe was measured on vocab keys; on {keyset.style} keys "
+                   "(10 if-soup keys) it did not reach a clean stop in 10 epochs", err=True)
     res = implant(
         keyset,
         base,

@@ -23,7 +23,10 @@ def _console() -> Console:
 def new(
     name: Annotated[str, typer.Argument(help="Name of the set; writes keys/NAME.json.")],
     count: Annotated[int, typer.Option(help="Number of fingerprint keys.")] = 10,
-    style: Annotated[str, typer.Option(help=f"Key style: {', '.join(STYLES)}.")] = "if-soup",
+    style: Annotated[
+        str, typer.Option(help=f"Key style: {', '.join(STYLES)} (vocab: phrases of real words, "
+                          "the style the default implant recipe was measured on).")
+    ] = "vocab",
     template: Annotated[
         str, typer.Option(help=f"Prompt template: {', '.join(TEMPLATES)}.")
     ] = "dialog",
