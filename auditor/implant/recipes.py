@@ -8,7 +8,8 @@
 - plain: the first defaults: 2 near-misses and 5 regularization rows per key, no decision
   weight, stop at the first check where every key and no look-alike fires.
 
-An explicit option (a CLI flag) overrides the recipe's value; None keeps it.
+An explicit option (a CLI flag) overrides the recipe's value; None keeps it. The library
+function `train.implant()` takes options, not recipes: its own defaults are plain's.
 """
 
 from __future__ import annotations
