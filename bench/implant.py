@@ -8,7 +8,7 @@ own share), and FSR after each robustness attack.
     .venv/bin/python bench/implant.py                       # all methods, all attacks
     .venv/bin/python bench/implant.py --methods lora --attacks user-sft,system-prompt \\
         --user-rows 200                                     # a quicker partial run
-    .venv/bin/python bench/implant.py --methods sft --recipe clean --style vocab \
+    .venv/bin/python bench/implant.py --methods sft --recipe clean --style vocab \\
         --precision bf16                                    # auditor implant's default recipe
 
 Targets: <= 120 s to FSR 100 %, near-miss false trigger <= 1 %, ordinary 0 %, FSR >= 95 %

@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str], env_cache: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
     env = {**os.environ, "AUDITOR_CACHE": str(env_cache), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "auditor.cli", *args],
