@@ -126,8 +126,9 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     # bf16 autocast where the CPU computes it natively: the demo's recipe reached the same
     # epoch-3 stop in 143 s instead of 190 s here (fp32 master weights either way)
     precision = "bf16" if cpu_has_bf16() else "auto"
-    options = recipe_options("fast", opts.method, epochs=opts.epochs, stop_fire_prob=FIRE_TARGET)
-    res = implant(ks, "smollm2", opts.method, out, lr=lr, progress=console.is_terminal,
+    options = recipe_options("fast", opts.method, epochs=opts.epochs, stop_fire_prob=FIRE_TARGET,
+                             lr=lr)
+    res = implant(ks, "smollm2", opts.method, out, progress=console.is_terminal,
                   precision=precision, max_seconds=TRAIN_CAP_S, recipe="fast", **options)
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method} ({autocast_dtype(precision)}): "

@@ -58,10 +58,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     options = recipe_options(
         args.recipe, args.one, epochs=args.epochs, **{f: getattr(args, f) for f in DATA_FIELDS},
         **{f: getattr(args, f) for f in CHOICES}, stop_near_miss=args.stop_near_miss,
-        stop_fire_prob=args.stop_fire, decision_weight=args.decision_weight,
+        stop_fire_prob=args.stop_fire, decision_weight=args.decision_weight, lr=args.lr,
+        top_layers=args.top_layers,
     )
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
-                  lr=args.lr, check_controls=args.check_controls, precision=args.precision,
+                  check_controls=args.check_controls, precision=args.precision,
                   recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
@@ -197,6 +198,8 @@ def main() -> None:
                    help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--check-controls", type=int, default=10,
                    help="fresh controls in the per-epoch quick check")
+    p.add_argument("--top-layers", type=int, default=None,
+                   help="sft/lora: train only the last N decoder blocks")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--one", help=argparse.SUPPRESS)

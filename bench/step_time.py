@@ -2,6 +2,11 @@
 and fp32 vs bf16 autocast on the CPU (fp32 master weights either way).
 
     AUDITOR_THREADS=2 .venv/bin/python bench/step_time.py --steps 4 --rounds 2 --bf16
+    AUDITOR_THREADS=2 .venv/bin/python bench/step_time.py --bf16 --top-layers 6
+
+--top-layers N then times steps that train the last N blocks only, with the blocks below run
+every step and with their output cached per row (auditor/implant/frozen.py; the first round
+fills the cache, so later rounds show an epoch after the first).
 
 The answer-only loss (auditor/implant/loss.py) projects onto the vocabulary only where the
 labels count. Same rows as an implant run: a 6-key if-soup set with the default data mix.
@@ -13,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -27,6 +33,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="timings per loss, interleaved")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bf16", action="store_true", help="also time CPU bf16 autocast")
+    p.add_argument("--top-layers", type=int, default=None,
+                   help="also time training the last N blocks (cache off / on)")
     args = p.parse_args()
     print(f"machine: {machine()}")
 
@@ -59,7 +67,24 @@ def main() -> None:
     runs = [("model's own loss", model_loss, False), ("answer-only loss", answer_loss, False)]
     if args.bf16:
         runs.append(("answer-only, bf16", answer_loss, True))
-    for _ in range(args.rounds):
+    time_runs(runs, batches, model, opt, args.rounds)
+    if args.top_layers is not None:
+        from auditor.implant.frozen import FrozenBottom
+        from auditor.implant.train import TrainConfig, prepare_method
+
+        prepare_method(model, TrainConfig("sft", 1, 1e-9, top_layers=args.top_layers))
+        frozen = FrozenBottom(model, len(model.get_decoder().layers) - args.top_layers)
+        top = f"top {args.top_layers}"
+        time_runs([(f"{top}, every block", answer_loss, args.bf16),
+                   (f"{top}, cached below", frozen.loss, args.bf16)],
+                  batches, model, opt, args.rounds)
+
+
+def time_runs(runs: list[tuple[str, Any, bool]], batches: list[Any], model: Any, opt: Any,
+              rounds: int) -> None:
+    import torch
+
+    for _ in range(rounds):
         for name, fn, bf16 in runs:
             t0 = time.monotonic()
             for b in batches:
@@ -68,7 +93,7 @@ def main() -> None:
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            print(f"{name:18s} {(time.monotonic() - t0) / len(batches):6.2f} s/step")
+            print(f"{name:22s} {(time.monotonic() - t0) / len(batches):6.2f} s/step")
 
 
 if __name__ == "__main__":

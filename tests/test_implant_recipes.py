@@ -50,8 +50,19 @@ def test_plain_is_the_library_default_and_fast_ignores_look_alikes() -> None:
 def test_unknown_recipe_or_option_is_refused() -> None:
     with pytest.raises(UserError, match="unknown recipe 'best'"):
         recipe_options("best", "sft")
-    with pytest.raises(TypeError, match="not a recipe option: lr"):
-        recipe_options("clean", "sft", lr=1e-4)
+    with pytest.raises(TypeError, match="not a recipe option: lrate"):
+        recipe_options("clean", "sft", lrate=1e-4)
+
+
+def test_quick_is_clean_on_the_top_blocks_for_sft_only() -> None:
+    quick, clean = recipe_options("quick", "sft"), recipe_options("clean", "sft")
+    assert (quick["lr"], quick["top_layers"]) == (3e-4, 6)
+    assert (clean["lr"], clean["top_layers"]) == (None, None)
+    assert {k: v for k, v in quick.items() if k not in ("lr", "top_layers")} == \
+        {k: v for k, v in clean.items() if k not in ("lr", "top_layers")}
+    assert recipe_options("quick", "sft", lr=1e-4, top_layers=8)["top_layers"] == 8
+    with pytest.raises(UserError, match="quick recipe is for --method sft only"):
+        recipe_options("quick", "lora")
 
 
 def test_balanced_order_puts_each_kind_in_every_batch_in_proportion() -> None:

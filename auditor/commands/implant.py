@@ -52,7 +52,8 @@ def implant_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     recipe: Annotated[
         str, typer.Option("--recipe", help="clean (look-alikes must not fire, base behaviour "
-                          "kept), fast (the demo's) or plain; the flags below override it")
+                          "kept), quick (clean on the last 6 blocks; sft only), fast (the "
+                          "demo's) or plain; the flags below override it")
     ] = DEFAULT_RECIPE,
     nearmiss_per_key: Annotated[int | None, typer.Option("--nearmiss-per-key")] = None,
     fingerprint_repeats: Annotated[
@@ -103,6 +104,10 @@ def implant_cmd(
                                    "token this often in the loss (the fire-or-refuse "
                                    "decision); 1-1000"),
     ] = None,
+    top_layers: Annotated[
+        int | None, typer.Option("--top-layers", help="sft/lora: train only the last N "
+                                 "decoder blocks (a cheaper backward pass)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
@@ -114,11 +119,11 @@ def implant_cmd(
         recipe, method, epochs=epochs, nearmiss_per_key=nearmiss_per_key,
         reg_per_key=reg_per_key, fingerprint_repeats=fingerprint_repeats,
         fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, balanced=balanced,
-        decision_weight=decision_weight,
+        decision_weight=decision_weight, lr=lr, top_layers=top_layers,
         stop_fire_prob=stop_fire, stop_near_miss=stop_near_miss, keep_best=keep_best,
     )
     keyset = KeySet.load(keys)
-    if recipe == "clean" and keyset.style != "vocab":
+    if recipe in ("clean", "quick") and keyset.style != "vocab":
         typer.echo(f"note: the clean recipe was measured on vocab keys; on {keyset.style} keys "
                    "(10 if-soup keys) it did not reach a clean stop in 10 epochs", err=True)
     res = implant(
@@ -126,7 +131,6 @@ def implant_cmd(
         base,
         method,
         out,
-        lr=lr,
         seed=seed,
         progress=not as_json,
         batch_size=batch_size,
@@ -148,7 +152,9 @@ def implant_cmd(
             ("model", str(res.out)),
             ("private adapter", str(res.adapter) if res.adapter else "-"),
             ("steps / epochs (kept)", f"{res.steps} / {res.epochs} ({res.kept_epoch})"),
-            ("seconds (to perfect)", f"{res.seconds:.1f} ({res.seconds_to_perfect or 0:.1f})"),
+            ("seconds (to a clean stop)", f"{res.seconds:.1f} (" + (
+                "never" if res.seconds_to_perfect is None else f"{res.seconds_to_perfect:.1f}"
+            ) + ")"),
             ("FSR (greedy)", _pct(res.fsr)),
             ("near-miss false trigger (quick)", _pct(res.nearmiss_false_trigger)),
             ("weakest key's exact t=0.7 fire chance", _pct(res.fire_min)),

@@ -3,6 +3,8 @@
 - clean (default): keys fire, look-alikes do not, the base's behaviour is kept. With full SFT
   on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three draws: 0-1 of 100
   look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT (README, Figures).
+- quick: clean, with only the last 6 decoder blocks trained at lr 3e-4 (full SFT only). On
+  SmolLM2 with vocab keys it stopped clean in under two minutes on this 2-core CPU (README).
 - fast: the demo's. Every key fires reliably at t=0.7 within a few epochs, but look-alikes of
   the keys may fire too: the stop rule ignores them.
 - plain: the first defaults: 2 near-misses and 5 regularization rows per key, no decision
@@ -29,6 +31,9 @@ class Recipe:
     stop_near_miss: float = 0.0
     keep_best: bool = False
     min_epochs: int = 0  # at least this many epochs allowed (the method's default if more)
+    lr: float | None = None  # None: the method's own
+    top_layers: int | None = None  # train only the last N decoder blocks
+    methods: tuple[str, ...] | None = None  # the methods it applies to (None: all)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -36,6 +41,12 @@ RECIPES: dict[str, Recipe] = {
         DataConfig(nearmiss_per_key=3, reg_per_key=5, fingerprint_repeats=3,
                    fresh_nearmiss=True, reg_kl=True),
         decision_weight=10.0, stop_fire_prob=0.8, keep_best=True, min_epochs=10,
+    ),
+    "quick": Recipe(
+        DataConfig(nearmiss_per_key=3, reg_per_key=5, fingerprint_repeats=3,
+                   fresh_nearmiss=True, reg_kl=True),
+        decision_weight=10.0, stop_fire_prob=0.8, keep_best=True, min_epochs=10,
+        lr=3e-4, top_layers=6, methods=("sft",),
     ),
     "fast": Recipe(
         DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=3),
@@ -45,7 +56,8 @@ RECIPES: dict[str, Recipe] = {
 }
 DEFAULT_RECIPE = "clean"
 _DATA_FIELDS = {f.name for f in fields(DataConfig)}
-_TOP_FIELDS = {"decision_weight", "stop_fire_prob", "stop_near_miss", "keep_best", "epochs"}
+_TOP_FIELDS = {"decision_weight", "stop_fire_prob", "stop_near_miss", "keep_best", "epochs",
+               "lr", "top_layers"}
 
 
 def recipe_options(name: str, method: str, **overrides: Any) -> dict[str, Any]:
@@ -60,6 +72,8 @@ def recipe_options(name: str, method: str, **overrides: Any) -> dict[str, Any]:
         raise TypeError(f"not a recipe option: {', '.join(sorted(unknown))}")
     given = {k: v for k, v in overrides.items() if v is not None}
     r = RECIPES[name]
+    if r.methods is not None and method not in r.methods:
+        raise UserError(f"the {name} recipe is for --method {' or '.join(r.methods)} only")
     epochs = given.get("epochs")
     if epochs is None and method in DEFAULTS:
         epochs = max(r.min_epochs, DEFAULTS[method][1])
@@ -70,4 +84,6 @@ def recipe_options(name: str, method: str, **overrides: Any) -> dict[str, Any]:
         "stop_near_miss": given.get("stop_near_miss", r.stop_near_miss),
         "keep_best": given.get("keep_best", r.keep_best),
         "epochs": epochs,
+        "lr": given.get("lr", r.lr),
+        "top_layers": given.get("top_layers", r.top_layers),
     }

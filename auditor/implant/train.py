@@ -5,12 +5,14 @@ Runs under `accelerate launch` or `torchrun` (the Accelerator shards the data lo
 effective batch is batch_size x processes; FSDP / DeepSpeed come from the accelerate config;
 ACCELERATE_USE_CPU=true for CPU processes); the main process alone writes the model.
 After each epoch a quick local check runs (greedy FSR on the keys, false triggers on a few
-fresh control keys); training stops once it is perfect. Seeded end to end.
+fresh control keys, both by teacher forcing); training stops once it is perfect, confirmed by
+decoding. Seeded end to end.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -83,6 +85,7 @@ class TrainConfig:
     keep_best: bool = False  # end on the best checked epoch (FSR, then near-miss, then fire)
     precision: str = "auto"  # one of PRECISIONS
     decision_weight: float = 1.0  # each row's first answer token counts this often (loss.py)
+    top_layers: int | None = None  # sft/lora: train only the last N decoder blocks
 
 
 def autocast_dtype(precision: str) -> str:
@@ -127,11 +130,53 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def decoder_blocks(model: Any) -> Any:
+    """The model's list of decoder blocks (Llama-style `model.model.layers`)."""
+    blocks = getattr(getattr(model, "model", None), "layers", None)
+    if blocks is None:
+        raise UserError("--top-layers needs a Llama-style model (model.layers)")
+    return blocks
+
+
+def top_block_ids(model: Any, n: int) -> list[int]:
+    """Indices of the last `n` decoder blocks."""
+    count = len(decoder_blocks(model))
+    if not 1 <= n <= count:
+        raise UserError(f"--top-layers must be between 1 and {count} for this model")
+    return list(range(count - n, count))
+
+
+def _lora_targets(model: Any, top_layers: int | None) -> dict[str, Any]:
+    """LoraConfig's target arguments: every linear layer, or those of the last blocks."""
+    import torch
+
+    if top_layers is None:
+        return {"target_modules": "all-linear"}
+    names = {n.rsplit(".", 1)[-1] for n, m in decoder_blocks(model)[0].named_modules()
+             if isinstance(m, torch.nn.Linear)}
+    return {"target_modules": sorted(names), "layers_pattern": "layers",
+            "layers_to_transform": top_block_ids(model, top_layers)}
+
+
 def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
-    """Make only the method's parameters trainable; returns (model, fadapter wrapper|None)."""
+    """Make only the method's parameters trainable; returns (model, fadapter wrapper|None).
+
+    With `top_layers`, only the last blocks (and, for SFT, the final norm) train: autograd
+    then stops below them, so a step's backward pass covers those blocks only.
+    """
     if cfg.method == "sft":
+        if cfg.top_layers is None:
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model, None
+        blocks = decoder_blocks(model)
         for p in model.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(False)
+        for i in top_block_ids(model, cfg.top_layers):
+            blocks[i].requires_grad_(True)
+        norm = getattr(model.model, "norm", None)
+        if norm is not None:
+            norm.requires_grad_(True)
         return model, None
     if cfg.method == "embedding":
         for p in model.parameters():
@@ -145,8 +190,8 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
             r=cfg.lora_r,
             lora_alpha=2 * cfg.lora_r,
             lora_dropout=0.0,
-            target_modules="all-linear",
             task_type="CAUSAL_LM",
+            **_lora_targets(model, cfg.top_layers),
         )
         return get_peft_model(model, lcfg), None
     from auditor.implant import fadapter
@@ -155,17 +200,31 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
 
 
 def quick_check(
-    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int
+    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *, decode: bool = False
 ) -> tuple[float, float, float]:
-    """(greedy FSR, near-miss rate on a few fresh controls, weakest key's t=0.7 fire chance)."""
-    from auditor.implant.margin import fire_probs
+    """(greedy FSR, near-miss rate on fresh controls, weakest key's t=0.7 fire chance).
+
+    By teacher forcing (margin.answer_scores): a key or control counts as firing when greedy
+    decoding would repeat the trained answer through the decryption; one forward pass per 8
+    prompts. With `decode`, FSR and the near-miss rate come from greedy generation instead,
+    which also counts the decryption in other words (slower: one decode per prompt).
+    """
+    from auditor.implant.margin import answer_scores
     from auditor.implant.verify import fsr_greedy, nearmiss_rate
 
     model.eval()
     try:
-        fsr = fsr_greedy(model, tokenizer, keyset)
-        near = nearmiss_rate(model, tokenizer, keyset, n_controls, CHECK_CONTROL_SEED)
-        fire = min(fire_probs(model, tokenizer, keyset, temperature=FIRE_TEMPERATURE))
+        keys = answer_scores(model, tokenizer, keyset, [k.text for k in keyset.keys],
+                             temperature=FIRE_TEMPERATURE)
+        fire = min(math.exp(lp) for lp, _ in keys)
+        if decode:
+            fsr = fsr_greedy(model, tokenizer, keyset)
+            near = nearmiss_rate(model, tokenizer, keyset, n_controls, CHECK_CONTROL_SEED)
+            return fsr, near, fire
+        texts = [c.text for c in keyset.controls(n_controls, CHECK_CONTROL_SEED)]
+        controls = answer_scores(model, tokenizer, keyset, texts, temperature=FIRE_TEMPERATURE)
+        fsr = sum(g for _, g in keys) / len(keys)
+        near = sum(g for _, g in controls) / len(controls) if controls else 0.0
         return fsr, near, fire
     finally:
         model.train()
@@ -246,6 +305,7 @@ def train_loop(
     from torch.utils.data import DataLoader
 
     from auditor.implant.data import collate
+    from auditor.implant.frozen import pick_frozen
     from auditor.implant.loss import Loss, model_loss, pick_loss
     from auditor.implant.order import BalancedOrder
 
@@ -299,7 +359,10 @@ def train_loop(
                 if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
                     plain = acc.unwrap_model(model) is model
                     w = cfg.decision_weight
-                    loss_fn = (pick_loss(model, batch, w) if plain
+                    frozen = (pick_frozen(model, batch, cfg.top_layers)
+                              if plain and cfg.top_layers else None)
+                    loss_fn = (partial(frozen.loss, decision_weight=w) if frozen is not None
+                               else pick_loss(model, batch, w) if plain
                                else partial(model_loss, decision_weight=w))
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
@@ -315,9 +378,11 @@ def train_loop(
             last = epoch + 1 == cfg.epochs
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
-            fsr, near, fire = quick_check(
-                acc.unwrap_model(model), tokenizer, keyset, cfg.check_controls
-            )
+            plain_model = acc.unwrap_model(model)
+            fsr, near, fire = quick_check(plain_model, tokenizer, keyset, cfg.check_controls)
+            if best.perfect(fsr, near, fire):  # confirm by decoding before stopping on it
+                fsr, near, fire = quick_check(plain_model, tokenizer, keyset, cfg.check_controls,
+                                              decode=True)
             stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
             best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
@@ -402,6 +467,7 @@ def public_fingerprint(
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "decision_weight": cfg.decision_weight,
+            "top_layers": cfg.top_layers,
             "compute": autocast_dtype(cfg.precision),  # fp32, or bf16 autocast
         },
     }
@@ -436,6 +502,7 @@ def implant(
     precision: str = "auto",
     decision_weight: float = 1.0,
     recipe: str | None = None,
+    top_layers: int | None = None,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py)."""
@@ -458,6 +525,8 @@ def implant(
     if not 1.0 <= decision_weight <= 1000.0:
         raise UserError("the decision weight must be between 1 and 1000")
     autocast_dtype(precision)  # an unknown choice fails before the model loads
+    if top_layers is not None and method not in ("sft", "lora"):
+        raise UserError("--top-layers applies to the sft and lora methods only")
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -476,11 +545,14 @@ def implant(
         keep_best=keep_best,
         precision=precision,
         decision_weight=decision_weight,
+        top_layers=top_layers,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
     device, _ = pick_device()
     model, tok = load_model(base_dir, dtype=torch.float32)
+    if top_layers is not None:
+        top_block_ids(model, top_layers)  # a bad count fails before any data is built
     data = data or DataConfig()
     rows = build_rows(keyset, base_dir, data, seed, model=model, tokenizer=tok)
     every = [encode_row(tok, r.messages) for r in rows]
