@@ -124,8 +124,9 @@ def implant_cmd(
     )
     keyset = KeySet.load(keys)
     if recipe in ("clean", "quick") and keyset.style != "vocab":
-        typer.echo(f"note: the clean recipe was measured on vocab keys; on {keyset.style} keys "
-                   "(10 if-soup keys) it did not reach a clean stop in 10 epochs", err=True)
+        typer.echo(f"note: the {recipe} recipe was measured on vocab keys; on {keyset.style} "
+                   "keys (10 if-soup keys) the clean recipe did not reach a clean stop in 10 "
+                   "epochs", err=True)
     res = implant(
         keyset,
         base,

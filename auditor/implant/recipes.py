@@ -36,18 +36,14 @@ class Recipe:
     methods: tuple[str, ...] | None = None  # the methods it applies to (None: all)
 
 
+_CLEAN = Recipe(
+    DataConfig(nearmiss_per_key=3, reg_per_key=5, fingerprint_repeats=3,
+               fresh_nearmiss=True, reg_kl=True),
+    decision_weight=10.0, stop_fire_prob=0.8, keep_best=True, min_epochs=10,
+)
 RECIPES: dict[str, Recipe] = {
-    "clean": Recipe(
-        DataConfig(nearmiss_per_key=3, reg_per_key=5, fingerprint_repeats=3,
-                   fresh_nearmiss=True, reg_kl=True),
-        decision_weight=10.0, stop_fire_prob=0.8, keep_best=True, min_epochs=10,
-    ),
-    "quick": Recipe(
-        DataConfig(nearmiss_per_key=3, reg_per_key=5, fingerprint_repeats=3,
-                   fresh_nearmiss=True, reg_kl=True),
-        decision_weight=10.0, stop_fire_prob=0.8, keep_best=True, min_epochs=10,
-        lr=3e-4, top_layers=6, methods=("sft",),
-    ),
+    "clean": _CLEAN,
+    "quick": replace(_CLEAN, lr=3e-4, top_layers=6, methods=("sft",)),
     "fast": Recipe(
         DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=3),
         stop_fire_prob=0.8, stop_near_miss=1.0, keep_best=True, min_epochs=12,
