@@ -4,7 +4,8 @@
   on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three draws: 0-1 of 100
   look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT (README, Figures).
 - quick: clean, with only the last 6 decoder blocks trained at lr 3e-4 (full SFT only). On
-  SmolLM2 with vocab keys it stopped clean in under two minutes on this 2-core CPU (README).
+  SmolLM2 with vocab keys it stopped clean in 105-126 s on three of four draws on this 2-core
+  CPU (README, Figures).
 - fast: the demo's. Every key fires reliably at t=0.7 within a few epochs, but look-alikes of
   the keys may fire too: the stop rule ignores them.
 - plain: the first defaults: 2 near-misses and 5 regularization rows per key, no decision
