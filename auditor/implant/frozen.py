@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.implant.loss import weighted_ce
+from auditor.implant.loss import hidden_loss
 
 
 class _Stop(Exception):
@@ -24,7 +24,7 @@ class FrozenBottom:
     def __init__(self, model: Any, first_trained: int) -> None:
         import torch
 
-        self.model, self.first = model, first_trained
+        self.first = first_trained
         self.decoder = model.get_decoder()
         self.top = torch.nn.ModuleList(list(self.decoder.layers)[first_trained:])
         self.cache: dict[tuple[int, ...], Any] = {}
@@ -68,8 +68,6 @@ class FrozenBottom:
 
     def loss(self, model: Any, batch: dict[str, Any], decision_weight: float = 1.0) -> Any:
         """`loss.answer_loss`, with the frozen blocks' part taken from the cache."""
-        from auditor.implant.data import IGNORE
-
         hidden_in = self.states(batch)
         blocks = self.decoder.layers
         self.decoder.layers = self.top
@@ -79,10 +77,7 @@ class FrozenBottom:
             ).last_hidden_state
         finally:
             self.decoder.layers = blocks
-        labels = batch["labels"][:, 1:]
-        keep = labels != IGNORE
-        logits = model.get_output_embeddings()(hidden[:, :-1][keep])
-        return weighted_ce(logits, labels, keep, decision_weight, batch)
+        return hidden_loss(model, hidden, batch, decision_weight)
 
 
 def pick_frozen(model: Any, batch: dict[str, Any], top_layers: int,

@@ -85,13 +85,20 @@ def model_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0) 
 
 def answer_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0) -> Any:
     """Mean cross-entropy over the answer tokens (labels != IGNORE), as the model's own."""
+    hidden = model.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    return hidden_loss(model, hidden, batch, decision_weight)
+
+
+def hidden_loss(model: Any, hidden: Any, batch: dict[str, Any],
+                decision_weight: float = 1.0) -> Any:
+    """The loss from the decoder's last hidden states: the output projection on the answer
+    positions only, then the weighted cross-entropy."""
     from auditor.implant.data import IGNORE
 
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    hidden = model.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
     logits = model.get_output_embeddings()(hidden[:, :-1][keep])
     return weighted_ce(logits, labels, keep, decision_weight, batch)
 
