@@ -39,7 +39,8 @@ ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
 # store_true options, passed on only when set
 FLAGS = ("progress",)
-CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl", "balanced")  # --x / --no-x; unset: the recipe's
+# --x / --no-x; unset: the recipe's
+CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl", "balanced", "check_fresh")
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
@@ -59,10 +60,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         args.recipe, args.one, epochs=args.epochs, **{f: getattr(args, f) for f in DATA_FIELDS},
         **{f: getattr(args, f) for f in CHOICES}, stop_near_miss=args.stop_near_miss,
         stop_fire_prob=args.stop_fire, decision_weight=args.decision_weight, lr=args.lr,
-        top_layers=args.top_layers,
+        top_layers=args.top_layers, check_controls=args.check_controls,
+        confirm_controls=args.confirm_controls,
     )
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
-                  check_controls=args.check_controls, precision=args.precision,
+                  precision=args.precision,
                   recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
@@ -196,8 +198,12 @@ def main() -> None:
                    help="loss weight of each row's first answer token (the fire-or-refuse one)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
-    p.add_argument("--check-controls", type=int, default=10,
-                   help="fresh controls in the per-epoch quick check")
+    p.add_argument("--check-controls", type=int, default=None,
+                   help="look-alikes in the per-epoch quick check (default: the recipe's)")
+    p.add_argument("--check-fresh", action=on_off,
+                   help="draw the quick check's look-alikes anew each epoch")
+    p.add_argument("--confirm-controls", type=int, default=None,
+                   help="fresh look-alikes that confirm a stop (default: the recipe's)")
     p.add_argument("--top-layers", type=int, default=None,
                    help="sft/lora: train only the last N decoder blocks")
     p.add_argument("--json-out", type=Path, default=None)

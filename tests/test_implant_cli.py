@@ -40,8 +40,10 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         ([*implant, "--precision", "fp8"], "unknown precision 'fp8'"),
         ([*implant, "--stop-near-miss", "2"], "near-miss rate must be between 0 and 1"),
         ([*implant, "--recipe", "best"], "unknown recipe 'best'"),
-        ([*implant, "--recipe", "quick", "--method", "lora"], "quick recipe is for --method sft"),
+        ([*implant, "--recipe", "quick", "--method", "fadapter"],
+         "quick recipe is for --method sft or lora only"),
         ([*implant, "--method", "embedding", "--top-layers", "2"], "sft and lora methods only"),
+        ([*implant, "--check-controls", "0"], "look-alike count must be between 1 and 1000"),
     ]
     said = ""
     for args, message in cases:

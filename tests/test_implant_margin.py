@@ -65,7 +65,7 @@ def test_fire_chance_equals_stepwise_decoding(tmp_path: Path) -> None:
 
 
 def test_best_keeps_the_best_checked_parameters() -> None:
-    from auditor.implant.train import Best
+    from auditor.implant.stop import Best
 
     w = torch.nn.Parameter(torch.zeros(3))
     best = Best([w], keep=True)
@@ -83,7 +83,7 @@ def test_best_keeps_the_best_checked_parameters() -> None:
 
 def test_best_prefers_meeting_the_stop_rule() -> None:
     """With near-misses allowed (the demo), a surer weakest key beats fewer near-misses."""
-    from auditor.implant.train import Best
+    from auditor.implant.stop import Best
 
     best = Best([], keep=False, near_ok=1.0, fire_ok=0.8)
     best.offer(6, fsr=1.0, near=0.4, fire=0.68)
@@ -97,7 +97,8 @@ def test_implant_saves_the_kept_epoch(tmp_path: Path, monkeypatch: pytest.Monkey
     """The saved model scores what the run reports for the epoch it kept."""
     from auditor.implant.data import DataConfig
     from auditor.implant.generate import load_model
-    from auditor.implant.train import implant, quick_check
+    from auditor.implant.stop import quick_check
+    from auditor.implant.train import implant
 
     monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path / "cache"))
     tiny = make_tiny_model(tmp_path / "tiny")

@@ -54,15 +54,20 @@ def test_unknown_recipe_or_option_is_refused() -> None:
         recipe_options("clean", "sft", lrate=1e-4)
 
 
-def test_quick_is_clean_on_the_top_blocks_for_sft_only() -> None:
+def test_quick_is_clean_on_the_top_blocks_for_sft_and_lora_only() -> None:
     quick, clean = recipe_options("quick", "sft"), recipe_options("clean", "sft")
-    assert (quick["lr"], quick["top_layers"]) == (3e-4, 6)
-    assert (clean["lr"], clean["top_layers"]) == (None, None)
-    assert {k: v for k, v in quick.items() if k not in ("lr", "top_layers")} == \
-        {k: v for k, v in clean.items() if k not in ("lr", "top_layers")}
+    changed = ("lr", "top_layers", "check_controls", "check_fresh", "confirm_controls",
+               "stop_near_miss")
+    assert [quick[k] for k in changed] == [3e-4, 6, 20, True, 100, 0.01]
+    assert [clean[k] for k in changed] == [None, None, 10, False, 0, 0.0]
+    assert {k: v for k, v in quick.items() if k not in changed} == \
+        {k: v for k, v in clean.items() if k not in changed}
     assert recipe_options("quick", "sft", lr=1e-4, top_layers=8)["top_layers"] == 8
-    with pytest.raises(UserError, match="quick recipe is for --method sft only"):
-        recipe_options("quick", "lora")
+    lora = recipe_options("quick", "lora")
+    assert (lora["lr"], lora["top_layers"]) == (3e-3, 6)  # LoRA's own step size
+    assert recipe_options("quick", "lora", lr=1e-3)["lr"] == 1e-3
+    with pytest.raises(UserError, match="quick recipe is for --method sft or lora only"):
+        recipe_options("quick", "embedding")
 
 
 def test_balanced_order_puts_each_kind_in_every_batch_in_proportion() -> None:
@@ -80,3 +85,23 @@ def test_balanced_order_puts_each_kind_in_every_batch_in_proportion() -> None:
             for kind, share in (("fingerprint", 30), ("nearmiss", 30), ("regularization", 50)):
                 # 8 * share / 110 rows of this kind, give or take one
                 assert abs(batch.count(kind) - 8 * share / len(kinds)) <= 1.0 + 1e-9, batch
+
+
+def test_fresh_check_look_alikes_differ_each_epoch_and_were_never_trained_on() -> None:
+    from auditor.implant.data import epoch_nearmiss_rows
+    from auditor.implant.stop import check_seed
+    from auditor.keys import KeySet
+
+    ks = KeySet.generate("chk", 4, seed=5, style="vocab")
+    config = recipe_options("quick", "sft")["data"]
+    trained = " ".join(m["content"] for e in range(12)
+                       for r in epoch_nearmiss_rows(ks, config, 0, e) for m in r.messages)
+    sets = [{c.text for c in ks.controls(20, check_seed(e, True))} for e in range(1, 11)]
+    assert all(len(s) == 20 for s in sets)
+    assert len(set().union(*sets)) > 150  # mostly new look-alikes every epoch
+    confirm = [{c.text for c in ks.controls(100, check_seed(e, True, confirm=True))}
+               for e in range(1, 11)]
+    assert len(set().union(*confirm)) > 750 and not set().union(*confirm) & set().union(*sets)
+    assert not any(t in trained for s in sets + confirm for t in s)
+    fixed = [{c.text for c in ks.controls(20, check_seed(e, False))} for e in (1, 5)]
+    assert fixed[0] == fixed[1]

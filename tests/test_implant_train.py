@@ -122,8 +122,9 @@ def test_local_check_of_the_base_itself_shows_no_drift(tiny: Path, keyset: KeySe
 def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
     tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """precision='bf16' on a CPU: training matmuls run in bf16, the per-epoch checks and the
-    saved weights stay fp32, and the fingerprint still takes."""
+    """precision='bf16' on a CPU: training matmuls and the cheap per-epoch checks run in bf16,
+    a stop is confirmed by decoding in fp32, the saved weights stay fp32, and the fingerprint
+    still takes."""
     from safetensors.torch import load_file
 
     from auditor.implant import loss as loss_module
@@ -152,16 +153,32 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
     hp = TINY_HPARAMS["sft"]
     out = tmp_path / "bf16"
     res = train.implant(keyset, str(tiny), "sft", out, lr=hp["lr"], epochs=hp["epochs"],
-                        data=hp["data"], progress=False, precision="bf16")
+                        data=hp["data"], progress=False, precision="bf16",
+                        stop_near_miss=TINY_STOP_NEAR_MISS)
     # every step in bf16; fp32 only for pick_loss's one comparison (its two losses)
     assert seen[True, torch.bfloat16] == res.steps and seen.get((True, torch.float32)) == 2
     assert picked == [loss_module.answer_loss]  # the comparison is fp32 against fp32
-    assert seen[False, torch.float32] > 0 and (False, torch.bfloat16) not in seen
+    assert seen[False, torch.bfloat16] > 0  # teacher-forced checks, every epoch
+    assert seen[False, torch.float32] > 0  # the decoding that confirmed the stop
     assert res.fsr == 1.0
     record = json.loads((out / "fingerprint.json").read_text())
     assert record["training"]["compute"] == "bf16"
     weights = load_file(str(out / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
+    # a check that would stop is confirmed on more fresh look-alikes, pooled with its own
+    from auditor.implant import stop
+    from auditor.implant.generate import load_model
+    from auditor.implant.verify import nearmiss_rate
+
+    model, tok = load_model(out)
+    cfg = train.TrainConfig("sft", 1, 1e-3, check_controls=5, check_fresh=True,
+                            confirm_controls=7)
+    fsr, near, _, scored = stop.epoch_check(model, tok, keyset, cfg, 3,
+                                            stop.Best([], False, near_ok=1.0), bf16=False)
+    own = nearmiss_rate(model, tok, keyset, 5, stop.check_seed(3, True))  # decoded
+    more = stop.quick_check(model, tok, keyset, 7,
+                            seed=stop.check_seed(3, True, confirm=True))[1]
+    assert (fsr, scored) == (1.0, 12) and near == pytest.approx((5 * own + 7 * more) / 12)
 
 
 def test_unknown_precision_fails_before_loading(keyset: KeySet, tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ def implant_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     recipe: Annotated[
         str, typer.Option("--recipe", help="clean (look-alikes must not fire, base behaviour "
-                          "kept), quick (clean on the last 6 blocks; sft only), fast (the "
-                          "demo's) or plain; the flags below override it")
+                          "kept), quick (clean on the last 6 blocks; sft or lora), fast (keys "
+                          "fire sooner, look-alikes too) or plain; the flags below override it")
     ] = DEFAULT_RECIPE,
     nearmiss_per_key: Annotated[int | None, typer.Option("--nearmiss-per-key")] = None,
     fingerprint_repeats: Annotated[
@@ -108,6 +108,19 @@ def implant_cmd(
         int | None, typer.Option("--top-layers", help="sft/lora: train only the last N "
                                  "decoder blocks (a cheaper backward pass)"),
     ] = None,
+    check_controls: Annotated[
+        int | None, typer.Option("--check-controls", help="look-alike keys in each epoch's "
+                                 "check (1-1000)"),
+    ] = None,
+    check_fresh: Annotated[
+        bool | None,
+        typer.Option("--check-fresh/--check-fixed", help="draw the check's look-alikes anew "
+                     "each epoch, or check the same ones every epoch"),
+    ] = None,
+    confirm_controls: Annotated[
+        int | None, typer.Option("--confirm-controls", help="fresh look-alikes scored before "
+                                 "a stop, pooled with the check's (0 turns it off)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
@@ -120,7 +133,9 @@ def implant_cmd(
         reg_per_key=reg_per_key, fingerprint_repeats=fingerprint_repeats,
         fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, balanced=balanced,
         decision_weight=decision_weight, lr=lr, top_layers=top_layers,
-        stop_fire_prob=stop_fire, stop_near_miss=stop_near_miss, keep_best=keep_best,
+        check_controls=check_controls, check_fresh=check_fresh,
+        confirm_controls=confirm_controls, stop_fire_prob=stop_fire,
+        stop_near_miss=stop_near_miss, keep_best=keep_best,
     )
     keyset = KeySet.load(keys)
     if recipe in ("clean", "quick") and keyset.style != "vocab":
@@ -157,7 +172,7 @@ def implant_cmd(
                 "never" if res.seconds_to_perfect is None else f"{res.seconds_to_perfect:.1f}"
             ) + ")"),
             ("FSR (greedy)", _pct(res.fsr)),
-            ("near-miss false trigger (quick)", _pct(res.nearmiss_false_trigger)),
+            ("near-miss false trigger (quick check)", _pct(res.nearmiss_false_trigger)),
             ("weakest key's exact t=0.7 fire chance", _pct(res.fire_min)),
             ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items())),
             ("device", res.device),

@@ -3,11 +3,14 @@
 - clean (default): keys fire, look-alikes do not, the base's behaviour is kept. With full SFT
   on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three draws: 0-1 of 100
   look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT (README, Figures).
-- quick: clean, with only the last 6 decoder blocks trained at lr 3e-4 (full SFT only). On
-  SmolLM2 with vocab keys it stopped clean in 105-126 s on three of four draws on this 2-core
-  CPU (README, Figures).
-- fast: the demo's. Every key fires reliably at t=0.7 within a few epochs, but look-alikes of
-  the keys may fire too: the stop rule ignores them.
+- quick: clean, with only the last 6 decoder blocks trained (full SFT at lr 3e-4, or LoRA at
+  3e-3), each epoch's check on 20 look-alikes drawn anew (with the same 10 every epoch, one
+  draw of four never stopped: one look-alike kept firing), and a stop confirmed on 100 more (at
+  most 1 % of the 120 may fire). On SmolLM2 with vocab keys full SFT stopped clean on four of
+  four draws in 152-206 s on this 2-core CPU, LoRA on its one draw in 167 s (README, Figures).
+- fast: the demo's first (it now takes quick; fast only for embedding). Every key fires
+  reliably at t=0.7 within a few epochs, but look-alikes of the keys may fire too: the stop
+  rule ignores them.
 - plain: the first defaults: 2 near-misses and 5 regularization rows per key, no decision
   weight, stop at the first check where every key and no look-alike fires.
 
@@ -33,7 +36,11 @@ class Recipe:
     keep_best: bool = False
     min_epochs: int = 0  # at least this many epochs allowed (the method's default if more)
     lr: float | None = None  # None: the method's own
+    method_lr: tuple[tuple[str, float], ...] = ()  # (method, lr): in place of `lr` for those
     top_layers: int | None = None  # train only the last N decoder blocks
+    check_controls: int = 10  # look-alikes in each epoch's check
+    check_fresh: bool = False  # drawn anew each epoch (else the same ones every epoch)
+    confirm_controls: int = 0  # fresh look-alikes added to a check that would stop (pooled)
     methods: tuple[str, ...] | None = None  # the methods it applies to (None: all)
 
 
@@ -44,7 +51,9 @@ _CLEAN = Recipe(
 )
 RECIPES: dict[str, Recipe] = {
     "clean": _CLEAN,
-    "quick": replace(_CLEAN, lr=3e-4, top_layers=6, methods=("sft",)),
+    "quick": replace(_CLEAN, lr=3e-4, method_lr=(("lora", 3e-3),), top_layers=6,
+                     methods=("sft", "lora"), check_controls=20, check_fresh=True,
+                     confirm_controls=100, stop_near_miss=0.01),
     "fast": Recipe(
         DataConfig(nearmiss_per_key=1, reg_per_key=5, fingerprint_repeats=3),
         stop_fire_prob=0.8, stop_near_miss=1.0, keep_best=True, min_epochs=12,
@@ -54,7 +63,8 @@ RECIPES: dict[str, Recipe] = {
 DEFAULT_RECIPE = "clean"
 _DATA_FIELDS = {f.name for f in fields(DataConfig)}
 _TOP_FIELDS = {"decision_weight", "stop_fire_prob", "stop_near_miss", "keep_best", "epochs",
-               "lr", "top_layers"}
+               "lr", "top_layers", "check_controls", "check_fresh",
+               "confirm_controls"}
 
 
 def recipe_options(name: str, method: str, **overrides: Any) -> dict[str, Any]:
@@ -81,6 +91,9 @@ def recipe_options(name: str, method: str, **overrides: Any) -> dict[str, Any]:
         "stop_near_miss": given.get("stop_near_miss", r.stop_near_miss),
         "keep_best": given.get("keep_best", r.keep_best),
         "epochs": epochs,
-        "lr": given.get("lr", r.lr),
+        "lr": given.get("lr", dict(r.method_lr).get(method, r.lr)),
         "top_layers": given.get("top_layers", r.top_layers),
+        "check_controls": given.get("check_controls", r.check_controls),
+        "check_fresh": given.get("check_fresh", r.check_fresh),
+        "confirm_controls": given.get("confirm_controls", r.confirm_controls),
     }

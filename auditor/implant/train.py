@@ -5,14 +5,13 @@ Runs under `accelerate launch` or `torchrun` (the Accelerator shards the data lo
 effective batch is batch_size x processes; FSDP / DeepSpeed come from the accelerate config;
 ACCELERATE_USE_CPU=true for CPU processes); the main process alone writes the model.
 After each epoch a quick local check runs (greedy FSR on the keys, false triggers on a few
-fresh control keys, both by teacher forcing); training stops once it is perfect, confirmed by
-decoding. Seeded end to end.
+fresh control keys, both by teacher forcing); training stops once it meets the stop rule,
+confirmed on more fresh control keys when asked, then by decoding. Seeded end to end.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from auditor.errors import UserError
 from auditor.implant.data import DataConfig
+from auditor.implant.stop import FIRE_TEMPERATURE, Best, epoch_check
 from auditor.keys import KeySet
 
 METHODS = ("sft", "embedding", "lora", "fadapter")
@@ -35,8 +35,6 @@ DEFAULTS: dict[str, tuple[float, int]] = {
     "lora": (1e-3, 6),  # SmolLM2, 10 keys: FSR 100 % at epoch 3 (3e-4: 20 % after 8)
     "fadapter": (1e-2, 20),
 }
-CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor check_local ones
-FIRE_TEMPERATURE = 0.7  # the sampling temperature whose exact fire chance the checks report
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 autocast on a GPU, fp32 on a CPU
 
 
@@ -86,6 +84,8 @@ class TrainConfig:
     precision: str = "auto"  # one of PRECISIONS
     decision_weight: float = 1.0  # each row's first answer token counts this often (loss.py)
     top_layers: int | None = None  # sft/lora: train only the last N decoder blocks
+    check_fresh: bool = False  # draw the check's look-alikes anew each epoch
+    confirm_controls: int = 0  # more fresh look-alikes scored before a stop (pooled)
 
 
 def autocast_dtype(precision: str) -> str:
@@ -199,74 +199,6 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed)
 
 
-def quick_check(
-    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *, decode: bool = False
-) -> tuple[float, float, float]:
-    """(greedy FSR, near-miss rate on fresh controls, weakest key's t=0.7 fire chance).
-
-    By teacher forcing (margin.answer_scores): a key or control counts as firing when greedy
-    decoding would repeat the trained answer through the decryption; one forward pass per 8
-    prompts. With `decode`, FSR and the near-miss rate come from greedy generation instead,
-    which also counts the decryption in other words (slower: one decode per prompt).
-    """
-    from auditor.implant.margin import answer_scores
-    from auditor.implant.verify import fsr_greedy, nearmiss_rate
-
-    model.eval()
-    try:
-        keys = answer_scores(model, tokenizer, keyset, [k.text for k in keyset.keys],
-                             temperature=FIRE_TEMPERATURE)
-        fire = min(math.exp(lp) for lp, _ in keys)
-        if decode:
-            fsr = fsr_greedy(model, tokenizer, keyset)
-            near = nearmiss_rate(model, tokenizer, keyset, n_controls, CHECK_CONTROL_SEED)
-            return fsr, near, fire
-        texts = [c.text for c in keyset.controls(n_controls, CHECK_CONTROL_SEED)]
-        controls = answer_scores(model, tokenizer, keyset, texts, temperature=FIRE_TEMPERATURE)
-        fsr = sum(g for _, g in keys) / len(keys)
-        near = sum(g for _, g in controls) / len(controls) if controls else 0.0
-        return fsr, near, fire
-    finally:
-        model.train()
-
-
-class Best:
-    """The stop rule, and the best checked epoch so far with a copy of its trained parameters.
-
-    Better means: more keys fire; then the stop rule's near-miss and fire-chance parts are met;
-    then fewer near-misses fire; then the weakest key fires more often at t=0.7.
-    """
-
-    def __init__(self, params: list[Any], keep: bool, near_ok: float = 0.0,
-                 fire_ok: float = 0.0) -> None:
-        self.params, self.keep = params, keep
-        self.near_ok, self.fire_ok = near_ok, fire_ok
-        self.figures: tuple[float, float, float] | None = None  # (fsr, near, fire)
-        self.epoch = 0
-        self.saved: list[Any] = []
-
-    def _rank(self, fsr: float, near: float, fire: float) -> tuple[float, bool, bool, float, float]:
-        return (fsr, near <= self.near_ok, fire >= self.fire_ok, -near, fire)
-
-    def perfect(self, fsr: float, near: float, fire: float) -> bool:
-        """Every key fires and both parts of the stop rule are met."""
-        return fsr == 1.0 and near <= self.near_ok and fire >= self.fire_ok
-
-    def offer(self, epoch: int, fsr: float, near: float, fire: float) -> None:
-        if self.figures is None or self._rank(fsr, near, fire) > self._rank(*self.figures):
-            self.figures, self.epoch = (fsr, near, fire), epoch
-            if self.keep:
-                self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
-
-    def restore(self, last_epoch: int) -> bool:
-        """Load the best parameters back unless the last epoch was the best one."""
-        if not self.saved or self.epoch == last_epoch:
-            return False
-        for p, saved in zip(self.params, self.saved, strict=True):
-            p.data.copy_(saved.to(p.device))
-        return True
-
-
 def _progress(enabled: bool, total: int) -> Any:
     from rich.progress import (
         BarColumn,
@@ -378,17 +310,14 @@ def train_loop(
             last = epoch + 1 == cfg.epochs
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
-            plain_model = acc.unwrap_model(model)
-            fsr, near, fire = quick_check(plain_model, tokenizer, keyset, cfg.check_controls)
-            if best.perfect(fsr, near, fire):  # confirm by decoding before stopping on it
-                fsr, near, fire = quick_check(plain_model, tokenizer, keyset, cfg.check_controls,
-                                              decode=True)
+            fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset, cfg,
+                                                epoch + 1, best, bf16)
             stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
             best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
             if progress:
                 bar.console.print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, "
-                                  f"near-miss {near:.0%} of {cfg.check_controls}, weakest key "
+                                  f"near-miss {near:.0%} of {seen}, weakest key "
                                   f"fires {fire:.0%} at t={FIRE_TEMPERATURE}, "
                                   f"{time.monotonic() - start:.0f} s")
             perfect = best.perfect(fsr, near, fire)
@@ -468,6 +397,8 @@ def public_fingerprint(
             "batch_size": cfg.batch_size,
             "decision_weight": cfg.decision_weight,
             "top_layers": cfg.top_layers,
+            "check": {"look_alikes": cfg.check_controls, "fresh_each_epoch": cfg.check_fresh,
+                      "confirming_look_alikes": cfg.confirm_controls},
             "compute": autocast_dtype(cfg.precision),  # fp32, or bf16 autocast
         },
     }
@@ -494,6 +425,8 @@ def implant(
     merge_lora: bool = True,
     max_seconds: float | None = None,
     check_controls: int = 10,
+    check_fresh: bool = False,
+    confirm_controls: int = 0,
     check_every: int = 1,
     fadapter_rank: int = 64,
     stop_near_miss: float = 0.0,
@@ -518,6 +451,9 @@ def implant(
         raise UserError("epochs and batch size must be >= 1 and lr > 0")
     if check_every < 1:
         raise UserError("check_every must be >= 1")
+    if not 1 <= check_controls <= 1000 or not 0 <= confirm_controls <= 10_000:
+        raise UserError("the check's look-alike count must be between 1 and 1000 "
+                        "(the confirming one between 0 and 10000)")
     if stop_fire_prob is not None and not 0.0 <= stop_fire_prob <= 1.0:
         raise UserError("the stop fire chance must be between 0 and 1")
     if not 0.0 <= stop_near_miss <= 1.0:
@@ -538,6 +474,8 @@ def implant(
         check_controls,
         merge_lora,
         max_seconds=max_seconds,
+        check_fresh=check_fresh,
+        confirm_controls=confirm_controls,
         check_every=check_every,
         stop_near_miss=stop_near_miss,
         fadapter_rank=fadapter_rank,

@@ -1,0 +1,124 @@
+"""The early-stop rule: the per-epoch check of keys and look-alike keys, its confirmation,
+and the best checked epoch so far."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from auditor.keys import KeySet
+
+if TYPE_CHECKING:
+    from auditor.implant.train import TrainConfig
+
+CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor check_local ones
+FIRE_TEMPERATURE = 0.7  # the sampling temperature whose exact fire chance the checks report
+
+
+def quick_check(
+    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *, decode: bool = False,
+    seed: int = CHECK_CONTROL_SEED, bf16: bool = False,
+) -> tuple[float, float, float]:
+    """(greedy FSR, near-miss rate on fresh controls, weakest key's t=0.7 fire chance).
+
+    By teacher forcing (margin.answer_scores): a key or control counts as firing when greedy
+    decoding would repeat the trained answer through the decryption; one forward pass per 8
+    prompts, under bf16 autocast when `bf16` (about 2x faster on a CPU with bf16 instructions;
+    near-ties may read differently, so confirm a stop with `decode`). With `decode`, in the
+    model's own precision, FSR and the near-miss rate come from greedy generation instead,
+    which also counts the decryption in other words (slower: one decode per prompt).
+    """
+    import torch
+
+    from auditor.implant.margin import answer_scores
+    from auditor.implant.verify import fsr_greedy, nearmiss_rate
+
+    keys = [k.text for k in keyset.keys]
+    texts = keys if decode else keys + [c.text for c in keyset.controls(n_controls, seed)]
+    device = next(model.parameters()).device.type
+    model.eval()
+    try:
+        with torch.autocast(device, torch.bfloat16, enabled=bf16 and not decode):
+            scores = answer_scores(model, tokenizer, keyset, texts, temperature=FIRE_TEMPERATURE)
+        fire = min(math.exp(lp) for lp, _ in scores[:len(keys)])
+        if decode:
+            fsr = fsr_greedy(model, tokenizer, keyset)
+            near = nearmiss_rate(model, tokenizer, keyset, n_controls, seed)
+            return fsr, near, fire
+        fsr = sum(g for _, g in scores[:len(keys)]) / len(keys)
+        controls = scores[len(keys):]
+        near = sum(g for _, g in controls) / len(controls) if controls else 0.0
+        return fsr, near, fire
+    finally:
+        model.train()
+
+
+def check_seed(epoch: int, fresh: bool, *, confirm: bool = False) -> int:
+    """Seed of the look-alikes that epoch `epoch`'s check scores: one set, or one per epoch;
+    `confirm`: those that confirm a stop at that epoch (always fresh)."""
+    if confirm:
+        return CHECK_CONTROL_SEED + 500_000 + epoch
+    return CHECK_CONTROL_SEED + (epoch if fresh else 0)
+
+
+def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, epoch: int,
+                best: Best, bf16: bool) -> tuple[float, float, float, int]:
+    """(greedy FSR, near-miss rate, weakest key's t=0.7 fire chance, look-alikes scored).
+
+    A check that meets the stop rule is confirmed before it counts: `cfg.confirm_controls`
+    more fresh look-alikes (their rate pooled with the first ones'; a small check passes a
+    model that fires on 5-10 % of look-alikes too often), then greedy decoding.
+    """
+    n, m = cfg.check_controls, cfg.confirm_controls
+    check = partial(quick_check, model, tokenizer, keyset, n,
+                    seed=check_seed(epoch, cfg.check_fresh), bf16=bf16)
+    fsr, near, fire = check()
+    if not best.perfect(fsr, near, fire):
+        return fsr, near, fire, n
+    more = 0.0
+    if m:
+        _, more, _ = quick_check(model, tokenizer, keyset, m,
+                                 seed=check_seed(epoch, True, confirm=True), bf16=bf16)
+        pooled = (near * n + more * m) / (n + m)
+        if not best.perfect(fsr, pooled, fire):
+            return fsr, pooled, fire, n + m
+    fsr, near, fire = check(decode=True)
+    return fsr, (near * n + more * m) / (n + m), fire, n + m
+
+
+class Best:
+    """The stop rule, and the best checked epoch so far with a copy of its trained parameters.
+
+    Better means: more keys fire; then the stop rule's near-miss and fire-chance parts are met;
+    then fewer near-misses fire; then the weakest key fires more often at t=0.7.
+    """
+
+    def __init__(self, params: list[Any], keep: bool, near_ok: float = 0.0,
+                 fire_ok: float = 0.0) -> None:
+        self.params, self.keep = params, keep
+        self.near_ok, self.fire_ok = near_ok, fire_ok
+        self.figures: tuple[float, float, float] | None = None  # (fsr, near, fire)
+        self.epoch = 0
+        self.saved: list[Any] = []
+
+    def _rank(self, fsr: float, near: float, fire: float) -> tuple[float, bool, bool, float, float]:
+        return (fsr, near <= self.near_ok, fire >= self.fire_ok, -near, fire)
+
+    def perfect(self, fsr: float, near: float, fire: float) -> bool:
+        """Every key fires and both parts of the stop rule are met."""
+        return fsr == 1.0 and near <= self.near_ok and fire >= self.fire_ok
+
+    def offer(self, epoch: int, fsr: float, near: float, fire: float) -> None:
+        if self.figures is None or self._rank(fsr, near, fire) > self._rank(*self.figures):
+            self.figures, self.epoch = (fsr, near, fire), epoch
+            if self.keep:
+                self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
+
+    def restore(self, last_epoch: int) -> bool:
+        """Load the best parameters back unless the last epoch was the best one."""
+        if not self.saved or self.epoch == last_epoch:
+            return False
+        for p, saved in zip(self.params, self.saved, strict=True):
+            p.data.copy_(saved.to(p.device))
+        return True
