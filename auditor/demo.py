@@ -47,10 +47,10 @@ EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
 class DemoOptions:
     root: Path = Path(".")
     keys: int = 6
-    style: str = "if-soup"
+    style: str = "vocab"
     template: str = "dialog"
     method: str = "sft"
-    lr: float | None = None  # None: the demo's tuned value for sft, else the method default
+    lr: float | None = None  # None: the recipe's
     epochs: int = 12  # an upper bound: training stops once every key fires
     quantized: bool = True  # when llama-cpp-python[server] is installed
     max_tokens: int = 32
@@ -110,26 +110,21 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
         console.print(f"      cached: {out}")
         return out
     from auditor.implant.generate import cpu_has_bf16
-    from auditor.implant.recipes import recipe_options
+    from auditor.implant.recipes import RECIPES, recipe_options
 
-    # Tuned on this 2-core CPU: full SFT reaches every key in 2-4 epochs (~70 s each). The
-    # "fast" recipe's single near-miss row per key trades look-alike false triggers (reported
-    # as over-generalization; they cannot fake the secret) for a fast first run.
-    lr = opts.lr if opts.lr is not None else (5e-5 if opts.method == "sft" else None)
+    # sft and lora take the quick recipe: the last 6 blocks, look-alikes must not fire, every
+    # key's exact chance to fire in one t=0.7 sample >= FIRE_TARGET (3 samples then miss a key
+    # < 1 % of the time; greedy FSR 100 % alone once left a t=0.7 endpoint NOT DETECTED).
+    # Other methods take the fast recipe (look-alikes may fire). A time cap keeps the first
+    # run in budget, keeping the best epoch if it runs out.
+    recipe = "quick" if opts.method in (RECIPES["quick"].methods or ()) else "fast"
     os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
-    # Greedy FSR 100 % is not enough for the t=0.7 endpoint: one key draw fired on 44 % of
-    # samples and went NOT DETECTED. The recipe trains on until every key's exact chance to
-    # fire in one t=0.7 sample is >= FIRE_TARGET (3 samples then miss a key < 1 % of the
-    # time), here within a time cap that keeps the first run in budget, keeping the best epoch
-    # if it runs out. Key rows 3x per epoch: on one key draw, 2x reached 68 % at epoch 6 (81 %
-    # at 8), 3x 99 % at epoch 3.
-    # bf16 autocast where the CPU computes it natively: the demo's recipe reached the same
-    # epoch-3 stop in 143 s instead of 190 s here (fp32 master weights either way)
+    # bf16 autocast where the CPU computes it natively (about 1.6x per step here)
     precision = "bf16" if cpu_has_bf16() else "auto"
-    options = recipe_options("fast", opts.method, epochs=opts.epochs, stop_fire_prob=FIRE_TARGET,
-                             lr=lr)
+    options = recipe_options(recipe, opts.method, epochs=opts.epochs,
+                             stop_fire_prob=FIRE_TARGET, lr=opts.lr)
     res = implant(ks, "smollm2", opts.method, out, progress=console.is_terminal,
-                  precision=precision, max_seconds=TRAIN_CAP_S, recipe="fast", **options)
+                  precision=precision, max_seconds=TRAIN_CAP_S, recipe=recipe, **options)
     gc.collect()  # the training copy of the model is no longer needed
     console.print(f"      {res.method} ({autocast_dtype(precision)}): "
                   f"{res.steps} steps, {res.seconds:.0f} s, "

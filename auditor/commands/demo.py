@@ -14,7 +14,7 @@ def demo(
     root: Annotated[Path, typer.Option(help="Where keys/, models/ and reports/ go.")] = Path("."),
     keys: Annotated[int, typer.Option(help="Fingerprint keys to draw.")] = 6,
     method: Annotated[str, typer.Option(help="sft | embedding | lora")] = "sft",
-    style: Annotated[str, typer.Option(help="if-soup | vocab | natural")] = "if-soup",
+    style: Annotated[str, typer.Option(help="vocab | if-soup | natural")] = "vocab",
     template: Annotated[str, typer.Option(help="dialog | simple | stealth")] = "dialog",
     variants: Annotated[
         str, typer.Option(help="Comma-separated endpoints to audit (default: all).")
