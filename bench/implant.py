@@ -183,27 +183,24 @@ def main() -> None:
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=None,
                        help="training data mix (default: the recipe's)")
     on_off = argparse.BooleanOptionalAction
-    p.add_argument("--fresh-nearmiss", action=on_off, help="redraw the near-miss rows every epoch")
-    p.add_argument("--reg-kl", action=on_off,
-                   help="regularization rows learn the base's next-token distribution")
-    p.add_argument("--balanced", action=on_off,
-                   help="every batch holds each kind of row in proportion (else shuffled)")
-    p.add_argument("--stop-near-miss", type=float, default=None,
-                   help="stop once FSR is 100 %% and the quick near-miss rate is at most this")
-    p.add_argument("--stop-fire", type=float, default=None,
-                   help="... and each key's exact t=0.7 fire chance is at least this")
-    p.add_argument("--keep-best", action=on_off,
-                   help="save the best checked epoch (FSR, then near-miss, then fire chance)")
-    p.add_argument("--decision-weight", type=float, default=None,
-                   help="loss weight of each row's first answer token (the fire-or-refuse one)")
+    for flag, text in (
+        ("--fresh-nearmiss", "redraw the near-miss rows every epoch"),
+        ("--reg-kl", "regularization rows learn the base's next-token distribution"),
+        ("--balanced", "every batch holds each kind of row in proportion (else shuffled)"),
+        ("--keep-best", "save the best checked epoch (FSR, then near-miss, then fire chance)"),
+        ("--check-fresh", "draw the quick check's look-alikes anew each epoch"),
+    ):
+        p.add_argument(flag, action=on_off, help=text)
+    for flag, kind, text in (  # unset: the recipe's
+        ("--stop-near-miss", float, "stop once FSR is 100 %% and the near-miss rate is <= this"),
+        ("--stop-fire", float, "... and each key's exact t=0.7 fire chance is at least this"),
+        ("--decision-weight", float, "loss weight of each row's first answer token"),
+        ("--check-controls", int, "look-alikes in the per-epoch quick check"),
+        ("--confirm-controls", int, "fresh look-alikes that confirm a stop"),
+    ):
+        p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast (auto: bf16 on a GPU, fp32 on a CPU)")
-    p.add_argument("--check-controls", type=int, default=None,
-                   help="look-alikes in the per-epoch quick check (default: the recipe's)")
-    p.add_argument("--check-fresh", action=on_off,
-                   help="draw the quick check's look-alikes anew each epoch")
-    p.add_argument("--confirm-controls", type=int, default=None,
-                   help="fresh look-alikes that confirm a stop (default: the recipe's)")
     p.add_argument("--top-layers", type=int, default=None,
                    help="sft/lora: train only the last N decoder blocks")
     p.add_argument("--json-out", type=Path, default=None)
