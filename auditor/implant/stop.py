@@ -76,15 +76,18 @@ def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, ep
     fsr, near, fire = check()
     if not best.perfect(fsr, near, fire):
         return fsr, near, fire, n
-    more = 0.0
+    more = 0.0  # the confirming look-alikes' rate, pooled with the check's own below
+
+    def pooled(rate: float) -> float:
+        return (rate * n + more * m) / (n + m)
+
     if m:
-        _, more, _ = quick_check(model, tokenizer, keyset, m,
-                                 seed=check_seed(epoch, True, confirm=True), bf16=bf16)
-        pooled = (near * n + more * m) / (n + m)
-        if not best.perfect(fsr, pooled, fire):
-            return fsr, pooled, fire, n + m
+        more = quick_check(model, tokenizer, keyset, m,
+                           seed=check_seed(epoch, True, confirm=True), bf16=bf16)[1]
+        if not best.perfect(fsr, pooled(near), fire):
+            return fsr, pooled(near), fire, n + m
     fsr, near, fire = check(decode=True)
-    return fsr, (near * n + more * m) / (n + m), fire, n + m
+    return fsr, pooled(near), fire, n + m
 
 
 class Best:
