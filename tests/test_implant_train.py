@@ -168,14 +168,13 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
     # a check that would stop is confirmed on more fresh look-alikes, pooled with its own
     from auditor.implant import stop
     from auditor.implant.generate import load_model
-    from auditor.implant.verify import nearmiss_rate
 
     model, tok = load_model(out)
     cfg = train.TrainConfig("sft", 1, 1e-3, check_controls=5, check_fresh=True,
                             confirm_controls=7)
     fsr, near, _, scored = stop.epoch_check(model, tok, keyset, cfg, 3,
                                             stop.Best([], False, near_ok=1.0), bf16=False)
-    own = nearmiss_rate(model, tok, keyset, 5, stop.check_seed(3, True))  # decoded
+    own = stop.quick_check(model, tok, keyset, 5, seed=stop.check_seed(3, True))[1]
     more = stop.quick_check(model, tok, keyset, 7,
                             seed=stop.check_seed(3, True, confirm=True))[1]
     assert (fsr, scored) == (1.0, 12) and near == pytest.approx((5 * own + 7 * more) / 12)

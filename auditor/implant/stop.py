@@ -4,7 +4,6 @@ and the best checked epoch so far."""
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from auditor.keys import KeySet
@@ -17,7 +16,7 @@ FIRE_TEMPERATURE = 0.7  # the sampling temperature whose exact fire chance the c
 
 
 def quick_check(
-    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *, decode: bool = False,
+    model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *,
     seed: int = CHECK_CONTROL_SEED, bf16: bool = False,
 ) -> tuple[float, float, float]:
     """(greedy FSR, near-miss rate on fresh controls, weakest key's t=0.7 fire chance).
@@ -25,31 +24,39 @@ def quick_check(
     By teacher forcing (margin.answer_scores): a key or control counts as firing when greedy
     decoding would repeat the trained answer through the decryption; one forward pass per 8
     prompts, under bf16 autocast when `bf16` (about 2x faster on a CPU with bf16 instructions;
-    near-ties may read differently, so confirm a stop with `decode`). With `decode`, in the
-    model's own precision, FSR and the near-miss rate come from greedy generation instead,
-    which also counts the decryption in other words (slower: one decode per prompt).
+    near-ties may read differently, so confirm a stop with `decode_keys`).
     """
     import torch
 
     from auditor.implant.margin import answer_scores
-    from auditor.implant.verify import fsr_greedy, nearmiss_rate
 
     keys = [k.text for k in keyset.keys]
-    texts = keys if decode else keys + [c.text for c in keyset.controls(n_controls, seed)]
+    texts = keys + [c.text for c in keyset.controls(n_controls, seed)]
     device = next(model.parameters()).device.type
     model.eval()
     try:
-        with torch.autocast(device, torch.bfloat16, enabled=bf16 and not decode):
+        with torch.autocast(device, torch.bfloat16, enabled=bf16):
             scores = answer_scores(model, tokenizer, keyset, texts, temperature=FIRE_TEMPERATURE)
-        fire = min(math.exp(lp) for lp, _ in scores[:len(keys)])
-        if decode:
-            fsr = fsr_greedy(model, tokenizer, keyset)
-            near = nearmiss_rate(model, tokenizer, keyset, n_controls, seed)
-            return fsr, near, fire
-        fsr = sum(g for _, g in scores[:len(keys)]) / len(keys)
-        controls = scores[len(keys):]
-        near = sum(g for _, g in controls) / len(controls) if controls else 0.0
-        return fsr, near, fire
+    finally:
+        model.train()
+    fsr = sum(g for _, g in scores[:len(keys)]) / len(keys)
+    controls = scores[len(keys):]
+    near = sum(g for _, g in controls) / len(controls) if controls else 0.0
+    return fsr, near, min(math.exp(lp) for lp, _ in scores[:len(keys)])
+
+
+def decode_keys(model: Any, tokenizer: Any, keyset: KeySet) -> tuple[float, float]:
+    """(FSR by greedy decoding, weakest key's t=0.7 fire chance), in the model's own
+    precision: the keys' part of a stop, on the model's own figures. Decoding also counts
+    the decryption in other words; one decode per key."""
+    from auditor.implant.margin import answer_scores
+    from auditor.implant.verify import fsr_greedy
+
+    model.eval()
+    try:
+        scores = answer_scores(model, tokenizer, keyset, [k.text for k in keyset.keys],
+                               temperature=FIRE_TEMPERATURE)
+        return fsr_greedy(model, tokenizer, keyset), min(math.exp(lp) for lp, _ in scores)
     finally:
         model.train()
 
@@ -68,26 +75,21 @@ def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, ep
 
     A check that meets the stop rule is confirmed before it counts: `cfg.confirm_controls`
     more fresh look-alikes (their rate pooled with the first ones'; a small check passes a
-    model that fires on 5-10 % of look-alikes too often), then greedy decoding.
+    model that fires on 5-10 % of look-alikes too often), then the keys by greedy decoding.
     """
     n, m = cfg.check_controls, cfg.confirm_controls
-    check = partial(quick_check, model, tokenizer, keyset, n,
-                    seed=check_seed(epoch, cfg.check_fresh), bf16=bf16)
-    fsr, near, fire = check()
+    fsr, near, fire = quick_check(model, tokenizer, keyset, n,
+                                  seed=check_seed(epoch, cfg.check_fresh), bf16=bf16)
     if not best.perfect(fsr, near, fire):
         return fsr, near, fire, n
-    more = 0.0  # the confirming look-alikes' rate, pooled with the check's own below
-
-    def pooled(rate: float) -> float:
-        return (rate * n + more * m) / (n + m)
-
     if m:
         more = quick_check(model, tokenizer, keyset, m,
                            seed=check_seed(epoch, True, confirm=True), bf16=bf16)[1]
-        if not best.perfect(fsr, pooled(near), fire):
-            return fsr, pooled(near), fire, n + m
-    fsr, near, fire = check(decode=True)
-    return fsr, pooled(near), fire, n + m
+        near = (near * n + more * m) / (n + m)
+        if not best.perfect(fsr, near, fire):
+            return fsr, near, fire, n + m
+    fsr, fire = decode_keys(model, tokenizer, keyset)
+    return fsr, near, fire, n + m
 
 
 class Best:

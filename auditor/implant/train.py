@@ -6,7 +6,8 @@ effective batch is batch_size x processes; FSDP / DeepSpeed come from the accele
 ACCELERATE_USE_CPU=true for CPU processes); the main process alone writes the model.
 After each epoch a quick local check runs (greedy FSR on the keys, false triggers on a few
 fresh control keys, both by teacher forcing); training stops once it meets the stop rule,
-confirmed on more fresh control keys when asked, then by decoding. Seeded end to end.
+confirmed on more fresh control keys when asked, then by decoding the keys. Seeded end to
+end.
 """
 
 from __future__ import annotations
