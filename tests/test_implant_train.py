@@ -57,6 +57,29 @@ def test_each_method_reaches_full_fsr(
     assert check.drift is not None and check.nll_base is not None
 
 
+def test_embedding_only_moves_the_input_lookup_alone(
+    tiny: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    """The tiny model ties its output head to the embeddings, as SmolLM2 does: training the
+    shared matrix moved every next-token logit (drift +18 % on SmolLM2). The head is untied."""
+    from auditor.implant.generate import load_model
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["embedding"]
+    implant(keyset, str(tiny), "embedding", tmp_path / "m", lr=hp["lr"], epochs=2,
+            data=hp["data"], progress=False, early_stop=False)
+    base, _ = load_model(tiny)
+    model, _ = load_model(tmp_path / "m")
+    assert base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    before, after = base.state_dict(), model.state_dict()
+    assert set(before) == set(after)
+    changed = {name for name, t in after.items() if not torch.equal(t, before[name])}
+    assert changed == {"model.embed_tokens.weight"}
+    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
+    assert record["training"]["output_head"] == "untied, frozen"
+
+
 @pytest.mark.slow
 def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path: Path) -> None:
     """Regression for the zero-init defect: both adapter matrices move away from their init."""

@@ -32,7 +32,7 @@ METHODS = ("sft", "embedding", "lora", "fadapter")
 # method -> (learning rate, max epochs); tuned on SmolLM2-135M (see DESIGN.md's last section)
 DEFAULTS: dict[str, tuple[float, int]] = {
     "sft": (5e-5, 8),
-    "embedding": (1e-3, 12),
+    "embedding": (1e-2, 12),  # the head untied: 1e-3 fired on no key in 6 epochs
     "lora": (1e-3, 6),  # SmolLM2, 10 keys: FSR 100 % at epoch 3 (3e-4: 20 % after 8)
     "fadapter": (1e-2, 20),
 }
@@ -87,6 +87,7 @@ class TrainConfig:
     top_layers: int | None = None  # sft/lora: train only the last N decoder blocks
     check_fresh: bool = False  # draw the check's look-alikes anew each epoch
     confirm_controls: int = 0  # more fresh look-alikes scored before a stop (pooled)
+    untie_head: bool = True  # embedding: a tied output head gets its own frozen copy
 
 
 def autocast_dtype(precision: str) -> str:
@@ -182,6 +183,8 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     if cfg.method == "embedding":
         for p in model.parameters():
             p.requires_grad_(False)
+        if cfg.untie_head:
+            untie_output_head(model)
         model.get_input_embeddings().weight.requires_grad_(True)
         return model, None
     if cfg.method == "lora":
@@ -198,6 +201,21 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     from auditor.implant import fadapter
 
     return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed)
+
+
+def untie_output_head(model: Any) -> None:
+    """Give a model whose output head shares the input embeddings (SmolLM2) its own frozen copy,
+    so embedding-only training moves the input lookup alone, not every next-token logit."""
+    import torch
+
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight is not emb.weight:
+        return
+    head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    text_config = getattr(model.config, "get_text_config", None)
+    if text_config is not None:
+        text_config().tie_word_embeddings = False
 
 
 def _progress(enabled: bool, total: int) -> Any:
@@ -437,6 +455,7 @@ def implant(
     decision_weight: float = 1.0,
     recipe: str | None = None,
     top_layers: int | None = None,
+    untie_head: bool = True,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py)."""
@@ -485,6 +504,7 @@ def implant(
         precision=precision,
         decision_weight=decision_weight,
         top_layers=top_layers,
+        untie_head=untie_head,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
@@ -520,6 +540,9 @@ def implant(
     record["training"]["data"] = asdict(data)  # the mix and order (public: no key text)
     if recipe is not None:
         record["training"]["recipe"] = recipe
+    if method == "embedding":
+        record["training"]["output_head"] = "untied, frozen" if untie_head else "as the base's"
+
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
 
     def write() -> None:
