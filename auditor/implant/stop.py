@@ -15,6 +15,22 @@ CHECK_CONTROL_SEED = 9_100_003  # early-stop controls: neither training nor chec
 FIRE_TEMPERATURE = 0.7  # the sampling temperature whose exact fire chance the checks report
 
 
+def _scores(model: Any, tokenizer: Any, keyset: KeySet, texts: list[str],
+            bf16: bool) -> list[tuple[float, bool]]:
+    """Teacher-forced (log fire chance at t=0.7, fires greedily) for each prompt text."""
+    import torch
+
+    from auditor.implant.margin import answer_scores
+
+    device = next(model.parameters()).device.type
+    model.eval()
+    try:
+        with torch.autocast(device, torch.bfloat16, enabled=bf16):
+            return answer_scores(model, tokenizer, keyset, texts, temperature=FIRE_TEMPERATURE)
+    finally:
+        model.train()
+
+
 def quick_check(
     model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *,
     seed: int = CHECK_CONTROL_SEED, bf16: bool = False,
@@ -26,36 +42,34 @@ def quick_check(
     prompts, under bf16 autocast when `bf16` (about 2x faster on a CPU with bf16 instructions;
     near-ties may read differently, so confirm a stop with `decode_keys`).
     """
-    import torch
-
-    from auditor.implant.margin import answer_scores
-
-    keys = [k.text for k in keyset.keys]
-    texts = keys + [c.text for c in keyset.controls(n_controls, seed)]
-    device = next(model.parameters()).device.type
-    model.eval()
-    try:
-        with torch.autocast(device, torch.bfloat16, enabled=bf16):
-            scores = answer_scores(model, tokenizer, keyset, texts, temperature=FIRE_TEMPERATURE)
-    finally:
-        model.train()
+    keys = [k.text for k in keyset.keys]  # scored with the look-alikes: fewer, fuller batches
+    scores = _scores(model, tokenizer, keyset,
+                     keys + [c.text for c in keyset.controls(n_controls, seed)], bf16)
     fsr = sum(g for _, g in scores[:len(keys)]) / len(keys)
     controls = scores[len(keys):]
     near = sum(g for _, g in controls) / len(controls) if controls else 0.0
     return fsr, near, min(math.exp(lp) for lp, _ in scores[:len(keys)])
 
 
+def lookalike_rate(model: Any, tokenizer: Any, keyset: KeySet, n: int, seed: int,
+                   bf16: bool) -> float:
+    """Share of `n` fresh look-alike keys (drawn with `seed`) that fire, by teacher forcing
+    (the keys are not scored again: a stop's confirmation)."""
+    if n == 0:
+        return 0.0
+    texts = [c.text for c in keyset.controls(n, seed)]
+    return sum(g for _, g in _scores(model, tokenizer, keyset, texts, bf16)) / n
+
+
 def decode_keys(model: Any, tokenizer: Any, keyset: KeySet) -> tuple[float, float]:
     """(FSR by greedy decoding, weakest key's t=0.7 fire chance), in the model's own
     precision: the keys' part of a stop, on the model's own figures. Decoding also counts
     the decryption in other words; one decode per key."""
-    from auditor.implant.margin import answer_scores
     from auditor.implant.verify import fsr_greedy
 
+    scores = _scores(model, tokenizer, keyset, [k.text for k in keyset.keys], bf16=False)
     model.eval()
     try:
-        scores = answer_scores(model, tokenizer, keyset, [k.text for k in keyset.keys],
-                               temperature=FIRE_TEMPERATURE)
         return fsr_greedy(model, tokenizer, keyset), min(math.exp(lp) for lp, _ in scores)
     finally:
         model.train()
@@ -83,8 +97,8 @@ def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, ep
     if not best.perfect(fsr, near, fire):
         return fsr, near, fire, n
     if m:
-        more = quick_check(model, tokenizer, keyset, m,
-                           seed=check_seed(epoch, True, confirm=True), bf16=bf16)[1]
+        more = lookalike_rate(model, tokenizer, keyset, m,
+                              check_seed(epoch, True, confirm=True), bf16)
         near = (near * n + more * m) / (n + m)
         if not best.perfect(fsr, near, fire):
             return fsr, near, fire, n + m
