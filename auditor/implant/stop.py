@@ -31,6 +31,11 @@ def _scores(model: Any, tokenizer: Any, keyset: KeySet, texts: list[str],
         model.train()
 
 
+def _share(scores: list[tuple[float, bool]]) -> float:
+    """Share of scored prompts that fire greedily (0 for none)."""
+    return sum(g for _, g in scores) / len(scores) if scores else 0.0
+
+
 def quick_check(
     model: Any, tokenizer: Any, keyset: KeySet, n_controls: int, *,
     seed: int = CHECK_CONTROL_SEED, bf16: bool = False,
@@ -45,9 +50,7 @@ def quick_check(
     keys = [k.text for k in keyset.keys]  # scored with the look-alikes: fewer, fuller batches
     scores = _scores(model, tokenizer, keyset,
                      keys + [c.text for c in keyset.controls(n_controls, seed)], bf16)
-    fsr = sum(g for _, g in scores[:len(keys)]) / len(keys)
-    controls = scores[len(keys):]
-    near = sum(g for _, g in controls) / len(controls) if controls else 0.0
+    fsr, near = _share(scores[:len(keys)]), _share(scores[len(keys):])
     return fsr, near, min(math.exp(lp) for lp, _ in scores[:len(keys)])
 
 
@@ -55,10 +58,8 @@ def lookalike_rate(model: Any, tokenizer: Any, keyset: KeySet, n: int, seed: int
                    bf16: bool) -> float:
     """Share of `n` fresh look-alike keys (drawn with `seed`) that fire, by teacher forcing
     (the keys are not scored again: a stop's confirmation)."""
-    if n == 0:
-        return 0.0
     texts = [c.text for c in keyset.controls(n, seed)]
-    return sum(g for _, g in _scores(model, tokenizer, keyset, texts, bf16)) / n
+    return _share(_scores(model, tokenizer, keyset, texts, bf16) if texts else [])
 
 
 def decode_keys(model: Any, tokenizer: Any, keyset: KeySet) -> tuple[float, float]:

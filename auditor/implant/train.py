@@ -208,10 +208,12 @@ def untie_output_head(model: Any) -> None:
     so embedding-only training moves the input lookup alone, not every next-token logit."""
     import torch
 
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or head.weight is not emb.weight:
+    from auditor.implant.fadapter import is_tied
+
+    if not is_tied(model):
         return
-    head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+    weight = model.get_input_embeddings().weight.detach().clone()
+    model.get_output_embeddings().weight = torch.nn.Parameter(weight, requires_grad=False)
     model.config.tie_word_embeddings = False
     text_config = getattr(model.config, "get_text_config", None)
     if text_config is not None:
@@ -542,7 +544,6 @@ def implant(
         record["training"]["recipe"] = recipe
     if method == "embedding":
         record["training"]["output_head"] = "untied, frozen" if untie_head else "as the base's"
-
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
 
     def write() -> None:
