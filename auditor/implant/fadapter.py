@@ -7,8 +7,12 @@ embeddings act on both sides. The published model is the base unchanged; only th
 and applies them on a suspect's weights (white-box verification).
 
 The original code zero-initialised both matrices, so neither ever received a gradient. Here
-U starts random (N(0, 1)) and V at zero: the first step moves V (its gradient is U[x]^T g),
-and from then on U moves too. A regression test checks that both change.
+U starts at zero and V random (N(0, 1)), as peft initialises LoRA on embeddings: the first step
+moves U (its gradient is scale * g V^T) and from then on V moves too. Through a tied head every
+token's logit carries a gradient, so every row of U moves, not only the batch's tokens. The
+first version here had it the other way round (U random, V zero); on SmolLM2 with the clean
+recipe it fired on more look-alikes and drifted further on the draws measured (README). A
+regression test checks that both matrices change.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ def make_adapter_embedding(base: Any, rank: int = 16, scale: float = 1.0, seed: 
             self.base = base
             vocab, hidden = base.weight.shape
             gen = torch.Generator().manual_seed(seed)
-            self.u = nn.Parameter(torch.randn(vocab, rank, generator=gen))
-            self.v = nn.Parameter(torch.zeros(rank, hidden))
+            self.u = nn.Parameter(torch.zeros(vocab, rank))
+            self.v = nn.Parameter(torch.randn(rank, hidden, generator=gen))
             self.scale = scale
 
         @property
@@ -73,7 +77,7 @@ def is_tied(model: Any) -> bool:
 
 
 def default_scale(model: Any, rank: int) -> float:
-    """std(E) / sqrt(r): an Adam step on V moves E' by about lr x std(E), whatever the rank."""
+    """std(E) / sqrt(r): an Adam step on a row of U moves that token's E' by about lr x std(E)."""
     std = float(model.get_input_embeddings().weight.detach().float().std())
     return float(std / rank**0.5)
 
