@@ -115,9 +115,9 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     # sft and lora take the quick recipe: the last 6 blocks, look-alikes must not fire, every
     # key's exact chance to fire in one t=0.7 sample >= FIRE_TARGET (3 samples then miss a key
     # < 1 % of the time; greedy FSR 100 % alone once left a t=0.7 endpoint NOT DETECTED).
-    # Other methods take the fast recipe (look-alikes may fire). A time cap keeps the first
-    # run in budget, keeping the best epoch if it runs out.
-    recipe = "quick" if opts.method in (RECIPES["quick"].methods or ()) else "fast"
+    # embedding takes the clean recipe (all blocks below its lookup run anyway). A time cap
+    # keeps the first run in budget, keeping the best epoch if it runs out.
+    recipe = "quick" if opts.method in (RECIPES["quick"].methods or ()) else "clean"
     os.environ.setdefault("AUDITOR_THREADS", str(os.cpu_count() or 1))  # nothing else runs now
     # bf16 autocast where the CPU computes it natively (about 1.6x per step here)
     precision = "bf16" if cpu_has_bf16() else "auto"

@@ -39,6 +39,13 @@ def test_given_options_override_and_none_keeps_the_recipes() -> None:
     assert RECIPES["clean"].data.nearmiss_per_key == 3  # the table itself is untouched
 
 
+def test_clean_takes_its_measured_lr_for_embedding_only() -> None:
+    assert recipe_options("clean", "embedding")["lr"] == 3e-3
+    assert recipe_options("clean", "embedding", lr=1e-2)["lr"] == 1e-2  # a flag wins
+    assert recipe_options("clean", "sft")["lr"] is None  # the method's own
+    assert recipe_options("fast", "embedding")["lr"] is None
+
+
 def test_plain_is_the_library_default_and_fast_ignores_look_alikes() -> None:
     plain = recipe_options("plain", "sft")
     assert plain["data"] == DataConfig() and plain["decision_weight"] == 1.0

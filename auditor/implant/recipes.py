@@ -3,12 +3,14 @@
 - clean (default): keys fire, look-alikes do not, the base's behaviour is kept. With full SFT
   on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three draws: 0-1 of 100
   look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT (README, Figures).
+  Embedding-only (head untied, lr 3e-3) stopped clean after 174 and 187 s on two draws, 0 of
+  100 look-alikes, drift +1.6 and +1.1 %.
 - quick: clean, with only the last 6 decoder blocks trained (full SFT at lr 3e-4, or LoRA at
   3e-3), each epoch's check on 20 look-alikes drawn anew (with the same 10 every epoch, one
   draw of four never stopped: one look-alike kept firing), and a stop confirmed on 100 more (at
   most 1 % of the 120 may fire). On SmolLM2 with vocab keys full SFT stopped clean on four of
   four draws in 152-206 s on this 2-core CPU, LoRA on its one draw in 167 s (README, Figures).
-- fast: the demo's first (it now takes quick; fast only for embedding). Every key fires
+- fast: the demo's first (it now takes quick, or clean for embedding). Every key fires
   reliably at t=0.7 within a few epochs, but look-alikes of the keys may fire too: the stop
   rule ignores them.
 - plain: the first defaults: 2 near-misses and 5 regularization rows per key, no decision
@@ -48,6 +50,7 @@ _CLEAN = Recipe(
     DataConfig(nearmiss_per_key=3, reg_per_key=5, fingerprint_repeats=3,
                fresh_nearmiss=True, reg_kl=True),
     decision_weight=10.0, stop_fire_prob=0.8, keep_best=True, min_epochs=10,
+    method_lr=(("embedding", 3e-3),),  # 1e-2 stopped sooner but drifted +19.8 % (README)
 )
 RECIPES: dict[str, Recipe] = {
     "clean": _CLEAN,
