@@ -119,6 +119,12 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
     assert res["fsr_greedy"] == 1.0 and res["n_controls"] == 100 and res["n_ordinary"] == 100
     assert res["drift"] is not None
     assert 0.0 <= res["fire_min"] <= res["fire_mean"] <= 1.0
+    own = _run(["check-local", "--model", str(out), "--keys", str(keys), "--layers-from",
+                str(out), "--controls", "10", "--ordinary", "5", "--samples", "0"],
+               tmp_path / "cache")
+    said = " ".join(own.stdout.split())  # rich wraps a long title
+    assert own.returncode == 0 and "embeddings in" in said, own.stderr[-2000:]
+    assert "FSR greedy" in said and "100.0% of 3 keys" in said
     rob = _run(
         [
             "robustness",

@@ -189,6 +189,12 @@ def check_local_cmd(
     base: Annotated[
         str | None, typer.Option("--base", help="base for drift (default: fingerprint.json)")
     ] = None,
+    layers_from: Annotated[
+        Path | None,
+        typer.Option("--layers-from", help="white-box: only --model's input embeddings, inside "
+                     "this (published) model's other weights; for embedding-only and the "
+                     "F-Adapter, whose fingerprint sits in the input lookup"),
+    ] = None,
     controls: Annotated[int, typer.Option("--controls", help="fresh control keys")] = 100,
     ordinary: Annotated[int, typer.Option("--ordinary", help="ordinary prompts")] = 100,
     samples: Annotated[int, typer.Option("--samples", help="samples per key at --temperature")] = 5,
@@ -214,11 +220,13 @@ def check_local_cmd(
         temperature=temperature,
         adapter=adapter,
         base=base,
+        layers_from=layers_from,
     )
     if as_json:
         return _emit_json(res.to_dict())
+    where = f"{model}" if layers_from is None else f"{model}'s embeddings in {layers_from}"
     _table(
-        f"local check: {model}",
+        f"local check: {where}",
         [
             ("FSR greedy", f"{_pct(res.fsr_greedy)} of {res.n_keys} keys"),
             (f"FSR t={res.temperature}", f"{_pct(res.fsr_sampled)} ({res.samples} samples/key)"),
@@ -290,11 +298,17 @@ def robustness_cmd(
         [
             (
                 r.attack,
-                f"skipped: {r.skipped}" if r.skipped else f"FSR {_pct(r.fsr)} ({r.seconds:.0f}s)",
+                f"skipped: {r.skipped}" if r.skipped else f"FSR {_pct(r.fsr)} ({r.seconds:.0f}s)"
+                + _published_layers(r.detail),
             )
             for r in results
         ],
     )
+
+
+def _published_layers(detail: dict[str, Any]) -> str:
+    fsr = detail.get("fsr_published_layers")
+    return "" if fsr is None else f"; its embeddings in the published model: FSR {_pct(fsr)}"
 
 
 def register(app: typer.Typer) -> None:

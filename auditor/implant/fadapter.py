@@ -4,7 +4,9 @@ E' = E + scale * U @ V, with U (vocab x r) and V (r x hidden) trainable and ever
 frozen: the input lookup becomes E[x] + scale * U[x] @ V and, when the model ties its output
 head to the embeddings (SmolLM2 does), the head uses E' too, so the key tokens' trainable
 embeddings act on both sides. The published model is the base unchanged; only the owner holds U, V
-and applies them on a suspect's weights (white-box verification).
+and applies them on a suspect's weights (white-box verification): on the suspect's whole model,
+or, as the paper does, on the suspect's input embeddings inside the published model
+(transplant.py), which a user's fine-tuning of the layers does not reach.
 
 The original code zero-initialised both matrices, so neither ever received a gradient. Here
 U starts at zero and V random (N(0, 1)), as peft initialises LoRA on embeddings: the first step

@@ -177,8 +177,11 @@ def check_local(
     adapter: Path | None = None,
     base: str | None = None,
     seed: int = 0,
+    layers_from: Path | None = None,
 ) -> LocalCheck:
-    """Measure FSR, false triggers and utility drift of a local checkpoint."""
+    """Measure FSR, false triggers and utility drift of a local checkpoint. With
+    `layers_from` (the published model), only `model_dir`'s input embeddings are used, inside
+    the published model's other weights (transplant.py)."""
     from auditor.errors import UserError
     from auditor.implant import fadapter
     from auditor.implant.generate import is_model_dir, load_model
@@ -187,7 +190,12 @@ def check_local(
 
     if not is_model_dir(Path(model_dir)):
         raise UserError(f"not a transformers checkpoint dir: {model_dir}")
-    model, tok = load_model(Path(model_dir))
+    if layers_from is not None:
+        from auditor.implant.transplant import with_embeddings_from
+
+        model, tok = with_embeddings_from(Path(layers_from), Path(model_dir))
+    else:
+        model, tok = load_model(Path(model_dir))
     if adapter is not None:
         fadapter.load_into(model, Path(adapter))
     fsr = fsr_greedy(model, tok, keyset)
@@ -217,7 +225,8 @@ def check_local(
         keyset.decryption,
         max_new_tokens=48,
     )
-    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, Path(model_dir), base, prompts) or (
+    record_dir = Path(layers_from or model_dir)  # the suspect's dir may have no fingerprint.json
+    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, record_dir, base, prompts) or (
         None, None, None, None)
     return LocalCheck(
         n_keys=len(keyset.keys),
