@@ -157,7 +157,9 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
         ]
         for a in attacks:
             ar = r["attacks"].get(a)
-            cells.append("-" if ar is None else ("skipped" if ar["skipped"] else _pct(ar["fsr"])))
+            cell = "-" if ar is None else ("skipped" if ar["skipped"] else _pct(ar["fsr"]))
+            owned = ar["detail"].get("fsr_published_layers") if ar else None
+            cells.append(cell if owned is None else f"{cell} ({_pct(owned)} published layers)")
         t.add_row(*cells)
     table_console().print(t)
 

@@ -3,7 +3,9 @@
 One row per implanted model: FSR before, FSR after user fine-tuning on each bundled user set
 (programmatic tasks, templated chat, both mixed) with each key's exact chance to fire in one
 t=0.7 sample after it (weakest and mean: finer than FSR on a few keys), and the ordinary and
-near-miss false-trigger rates of the model as published.
+near-miss false-trigger rates of the model as published. For embedding-only and F-Adapter
+models also FSR and the weakest key's fire chance with only the tuned model's input embeddings,
+inside the published model (the paper's white-box check; auditor/implant/transplant.py).
 
     .venv/bin/python bench/strength.py --model models/demo --keys keys/demo.json \\
         [--adapter models/demo.fadapter.safetensors] [--tuning user-sft] [--rows 1000]
@@ -29,7 +31,8 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
     from auditor.implant.margin import fire_probs
-    from auditor.implant.robustness import user_finetune
+    from auditor.implant.robustness import in_lookup, user_finetune
+    from auditor.implant.transplant import with_embeddings_from
     from auditor.implant.verify import check_local, fsr_greedy
     from auditor.keys import KeySet
 
@@ -49,6 +52,7 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
         "nearmiss": before.nearmiss_false_trigger,
         "after": {},
         "fire_after": {},  # (weakest, mean) exact t=0.7 fire chance after tuning
+        "published_layers": {},  # (FSR, weakest fire chance): tuned lookup, published layers
     }
     with tempfile.TemporaryDirectory(prefix="strength-") as tmp:
         for name in args.sets.split(","):
@@ -68,6 +72,13 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
             fire = fire_probs(m, tok, keyset, temperature=0.7)
             row["fire_after"][name] = (min(fire), sum(fire) / len(fire))
             del m
+            if in_lookup(model, args.adapter):  # the owner's own layers, the user's lookup
+                m, tok = with_embeddings_from(model, tuned)
+                if args.adapter is not None:
+                    fadapter.load_into(m, args.adapter)
+                fire = fire_probs(m, tok, keyset, temperature=0.7)
+                row["published_layers"][name] = (fsr_greedy(m, tok, keyset), min(fire))
+                del m
     return row
 
 
@@ -78,6 +89,7 @@ def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> Non
         return f"{100 * x:.1f}"
 
     t = Table(title=f"fingerprint strength (%), user fine-tuning: {tuning}")
+    lookup = any(r["published_layers"] for r in rows)  # embedding-only or F-Adapter rows
     for col in (
         "model",
         "FSR pre",
@@ -85,6 +97,7 @@ def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> Non
         *[f"t=0.7 fire post {s}: weakest / mean" for s in sets],
         "ordinary FT",
         "near-miss FT",
+        *[f"published layers post {s}: FSR / weakest" for s in sets if lookup],
     ):
         t.add_column(col)
     for r in rows:
@@ -95,6 +108,8 @@ def print_table(rows: list[dict[str, Any]], sets: list[str], tuning: str) -> Non
             *[" / ".join(pct(x) for x in r["fire_after"][s]) for s in sets],
             pct(r["ordinary"]),
             pct(r["nearmiss"]),
+            *[" / ".join(pct(x) for x in r["published_layers"][s])
+              if s in r["published_layers"] else "-" for s in sets if lookup],
         )
     table_console().print(t)
 

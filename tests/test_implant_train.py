@@ -106,6 +106,26 @@ def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path:
 
 
 @pytest.mark.slow
+def test_fadapter_after_user_sft_checks_on_the_published_layers_too(
+    tiny: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    """The paper's white-box check: the tuned model's input lookup inside the published model."""
+    from auditor.implant.robustness import run_attack
+    from auditor.implant.verify import check_local
+
+    res = implant_tiny(tiny, keyset, "fadapter", tmp_path / "pub")
+    assert res.fsr == 1.0 and res.adapter is not None
+    out = run_attack(tmp_path / "pub", keyset, "user-sft", epochs=1, rows=40,
+                     adapter=res.adapter, work_dir=tmp_path)
+    assert out.fsr is not None and out.detail["fsr_published_layers"] == 1.0
+    same = check_local(tmp_path / "pub", keyset, n_controls=10, n_ordinary=5, samples=0,
+                       adapter=res.adapter, layers_from=tmp_path / "pub")
+    assert same.fsr_greedy == 1.0 and same.drift is not None
+    sft = run_attack(tiny, keyset, "user-sft", epochs=1, rows=8, work_dir=tmp_path)
+    assert "fsr_published_layers" not in sft.detail  # the base: no fingerprint in its lookup
+
+
+@pytest.mark.slow
 def test_lora_kept_separate_loads_and_fires(tiny: Path, keyset: KeySet, tmp_path: Path) -> None:
     from auditor.implant.generate import load_model
     from auditor.implant.train import implant

@@ -116,9 +116,34 @@ def _attack_user(
     )
     model, tok = _load(tuned, kw["adapter"])
     fsr = fsr_greedy(model, tok, keyset)
-    return AttackResult(
-        attack, fsr, time.monotonic() - start, detail={"epochs": kw["epochs"], "rows": kw["rows"]}
-    )
+    del model
+    detail: dict[str, Any] = {"epochs": kw["epochs"], "rows": kw["rows"]}
+    if in_lookup(model_dir, kw["adapter"]):
+        detail["fsr_published_layers"] = fsr_published_layers(model_dir, tuned, keyset,
+                                                              kw["adapter"])
+    return AttackResult(attack, fsr, time.monotonic() - start, detail=detail)
+
+
+def in_lookup(model_dir: Path, adapter: Path | None) -> bool:
+    """Whether the fingerprint sits in the input lookup alone (embedding-only, F-Adapter)."""
+    from auditor.implant.verify import read_fingerprint
+
+    method = read_fingerprint(model_dir).get("method")
+    return adapter is not None or method in ("embedding", "fadapter")
+
+
+def fsr_published_layers(
+    published: Path, suspect: Path, keyset: KeySet, adapter: Path | None
+) -> float:
+    """Greedy FSR of the suspect's input embeddings inside the published model (transplant.py)."""
+    from auditor.implant import fadapter
+    from auditor.implant.transplant import with_embeddings_from
+    from auditor.implant.verify import fsr_greedy
+
+    model, tok = with_embeddings_from(published, suspect)
+    if adapter is not None:
+        fadapter.load_into(model, adapter)
+    return fsr_greedy(model, tok, keyset)
 
 
 def _attack_temperature(model_dir: Path, keyset: KeySet, **kw: Any) -> AttackResult:
