@@ -54,6 +54,7 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
         "fire_after": {},  # (weakest, mean) exact t=0.7 fire chance after tuning
         "published_layers": {},  # (FSR, weakest fire chance): tuned lookup, published layers
     }
+    lookup = in_lookup(model, args.adapter)  # embedding-only or F-Adapter
     with tempfile.TemporaryDirectory(prefix="strength-") as tmp:
         for name in args.sets.split(","):
             tuned = user_finetune(
@@ -72,10 +73,8 @@ def measure(args: argparse.Namespace, model: Path) -> dict[str, Any]:
             fire = fire_probs(m, tok, keyset, temperature=0.7)
             row["fire_after"][name] = (min(fire), sum(fire) / len(fire))
             del m
-            if in_lookup(model, args.adapter):  # the owner's own layers, the user's lookup
-                m, tok = with_embeddings_from(model, tuned)
-                if args.adapter is not None:
-                    fadapter.load_into(m, args.adapter)
+            if lookup:  # the owner's own layers, the user's lookup
+                m, tok = with_embeddings_from(model, tuned, args.adapter)
                 fire = fire_probs(m, tok, keyset, temperature=0.7)
                 row["published_layers"][name] = (fsr_greedy(m, tok, keyset), min(fire))
                 del m

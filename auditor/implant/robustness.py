@@ -136,13 +136,10 @@ def fsr_published_layers(
     published: Path, suspect: Path, keyset: KeySet, adapter: Path | None
 ) -> float:
     """Greedy FSR of the suspect's input embeddings inside the published model (transplant.py)."""
-    from auditor.implant import fadapter
     from auditor.implant.transplant import with_embeddings_from
     from auditor.implant.verify import fsr_greedy
 
-    model, tok = with_embeddings_from(published, suspect)
-    if adapter is not None:
-        fadapter.load_into(model, adapter)
+    model, tok = with_embeddings_from(published, suspect, adapter)
     return fsr_greedy(model, tok, keyset)
 
 

@@ -59,10 +59,14 @@ def suspect_embeddings(suspect: Path, name: str) -> Any:
     return weight
 
 
-def with_embeddings_from(published: Path, suspect: Path) -> tuple[Any, Any]:
-    """(model, tokenizer): the published model with the suspect's input embeddings."""
+def with_embeddings_from(
+    published: Path, suspect: Path, adapter: Path | None = None
+) -> tuple[Any, Any]:
+    """(model, tokenizer): the published model with the suspect's input embeddings, and the
+    private F-Adapter on top when given."""
     import torch
 
+    from auditor.implant import fadapter
     from auditor.implant.generate import is_model_dir, load_model
 
     for what, path in (("published", published), ("suspect", suspect)):
@@ -78,4 +82,6 @@ def with_embeddings_from(published: Path, suspect: Path) -> tuple[Any, Any]:
         )
     with torch.no_grad():
         target.copy_(weight.to(device=target.device, dtype=target.dtype))
+    if adapter is not None:
+        fadapter.load_into(model, adapter)
     return model, tok
