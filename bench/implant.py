@@ -64,7 +64,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         confirm_controls=args.confirm_controls,
     )
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
-                  precision=args.precision,
+                  precision=args.precision, max_epochs=args.max_epochs,
                   recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
@@ -178,7 +178,10 @@ def main() -> None:
     p.add_argument("--user-rows", type=int, default=1000)
     p.add_argument("--user-epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=None, help="default: the method's")
-    p.add_argument("--epochs", type=int, default=None, help="most epochs (default: the method's)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs the lr decays over, and the most run (default: the method's)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="stop after at most this many epochs, keeping the --epochs lr schedule")
     p.add_argument("--recipe", default="plain", choices=RECIPES,
                    help="option set (auditor/implant/recipes.py); the flags below override it")
     for f in DATA_FIELDS:

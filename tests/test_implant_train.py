@@ -303,6 +303,38 @@ def test_balanced_batches_drive_the_loader_each_epoch_and_are_recorded(
     assert record["training"]["data"]["fresh_nearmiss"] is True
 
 
+def test_max_epochs_stops_the_run_but_keeps_the_lr_schedule(
+    tiny: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["sft"]
+    common: dict[str, Any] = {"lr": hp["lr"], "data": hp["data"], "early_stop": False,
+                              "progress": False}
+    capped = implant(keyset, str(tiny), "sft", tmp_path / "capped", epochs=4, max_epochs=2,
+                     **common)
+    short = implant(keyset, str(tiny), "sft", tmp_path / "short", epochs=2, **common)
+    assert capped.epochs == short.epochs == 2 and capped.steps == short.steps == 6
+    assert not capped.stopped_early
+    # 6 of 12 scheduled steps: half the lr left; the 2-epoch schedule ends at its 10 % floor
+    assert capped.lr_end == pytest.approx(0.5 * hp["lr"])
+    assert short.lr_end == pytest.approx(0.1 * hp["lr"])
+    training = json.loads((tmp_path / "capped" / "fingerprint.json").read_text())["training"]
+    assert training["epochs"] == 2 and training["lr_schedule_epochs"] == 4
+    # the higher lr of the capped run moved the weights elsewhere
+    assert any(not torch.equal(x, y) for x, y in _param_pairs(tmp_path / "capped",
+                                                              tmp_path / "short"))
+
+
+def _param_pairs(a: Path, b: Path) -> list[tuple[Any, Any]]:
+    """Each parameter of the model saved in `a` next to the same one saved in `b`."""
+    from transformers import AutoModelForCausalLM
+
+    ma, mb = (AutoModelForCausalLM.from_pretrained(str(d)) for d in (a, b))
+    pb = dict(mb.named_parameters())
+    return [(t.detach(), pb[n].detach()) for n, t in ma.named_parameters()]
+
+
 @pytest.mark.parametrize("weight", [0.5, 0.0, -1.0, 5000.0])
 def test_a_decision_weight_out_of_range_fails_before_loading(
     keyset: KeySet, tmp_path: Path, weight: float

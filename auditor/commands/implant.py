@@ -43,7 +43,12 @@ def implant_cmd(
         str, typer.Option("--method", help="sft | embedding | lora | fadapter")
     ] = "lora",
     epochs: Annotated[
-        int | None, typer.Option("--epochs", help="max epochs (default per method)")
+        int | None, typer.Option("--epochs", help="epochs the lr decays over, and the most "
+                                 "run (default per method and recipe)")
+    ] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option("--max-epochs", help="stop after at most this many epochs "
+                                 "without shortening the lr schedule (--epochs)")
     ] = None,
     lr: Annotated[
         float | None, typer.Option("--lr", help="learning rate (default per method)")
@@ -151,6 +156,7 @@ def implant_cmd(
         progress=not as_json,
         batch_size=batch_size,
         early_stop=not no_early_stop,
+        max_epochs=max_epochs,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,
@@ -168,6 +174,7 @@ def implant_cmd(
             ("model", str(res.out)),
             ("private adapter", str(res.adapter) if res.adapter else "-"),
             ("steps / epochs (kept)", f"{res.steps} / {res.epochs} ({res.kept_epoch})"),
+            ("lr after the last step", f"{res.lr_end:.2e}"),
             ("seconds (to a clean stop)", f"{res.seconds:.1f} (" + (
                 "never" if res.seconds_to_perfect is None else f"{res.seconds_to_perfect:.1f}"
             ) + ")"),

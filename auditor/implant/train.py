@@ -58,6 +58,7 @@ class ImplantResult:
     rows: dict[str, int] = field(default_factory=dict)
     fire_min: float = 0.0  # weakest key's exact chance that one t=0.7 sample fires
     kept_epoch: int = 0  # the epoch whose weights were saved
+    lr_end: float = 0.0  # the learning rate after the last step run
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,7 +69,7 @@ class ImplantResult:
 @dataclass(frozen=True)
 class TrainConfig:
     method: str
-    epochs: int
+    epochs: int  # the lr decays linearly over these, and at most these run
     lr: float
     seed: int = 0
     batch_size: int = 8
@@ -88,6 +89,11 @@ class TrainConfig:
     check_fresh: bool = False  # draw the check's look-alikes anew each epoch
     confirm_controls: int = 0  # more fresh look-alikes scored before a stop (pooled)
     untie_head: bool = True  # embedding: a tied output head gets its own frozen copy
+    max_epochs: int | None = None  # run at most this many; the lr schedule still spans `epochs`
+
+    @property
+    def run_epochs(self) -> int:
+        return min(self.epochs, self.max_epochs or self.epochs)
 
 
 def autocast_dtype(precision: str) -> str:
@@ -303,9 +309,10 @@ def train_loop(
     best = Best(params, cfg.keep_best, cfg.stop_near_miss, cfg.stop_fire_prob or 0.0)
     loss_fn: Loss | None = None
     start = time.monotonic()
-    with _progress(progress and acc.is_main_process, cfg.epochs * len(loader)) as bar:
-        task = bar.add_task(cfg.method, total=cfg.epochs * len(loader), loss=0.0, fsr="-")
-        for epoch in range(cfg.epochs):
+    run = cfg.run_epochs
+    with _progress(progress and acc.is_main_process, run * len(loader)) as bar:
+        task = bar.add_task(cfg.method, total=run * len(loader), loss=0.0, fsr="-")
+        for epoch in range(run):
             if isinstance(encoded, EpochRows):
                 encoded.set_epoch(epoch)
             for batch in loader:
@@ -328,7 +335,7 @@ def train_loop(
                 stats["loss"] = float(loss.detach())
                 bar.update(task, advance=1, loss=stats["loss"])
             stats["epochs"] = epoch + 1
-            last = epoch + 1 == cfg.epochs
+            last = epoch + 1 == run
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
             fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset, cfg,
@@ -348,7 +355,7 @@ def train_loop(
                 stats["perfect_at"] = time.monotonic() - start
             out_of_time = cfg.max_seconds is not None and time.monotonic() - start > cfg.max_seconds
             if (perfect and cfg.early_stop) or out_of_time:
-                stats["stopped_early"] = epoch + 1 < cfg.epochs
+                stats["stopped_early"] = epoch + 1 < run
                 break
     stats["kept_epoch"] = stats["epochs"]
     if best.restore(stats["epochs"]) and best.figures is not None:
@@ -357,6 +364,7 @@ def train_loop(
         if progress:
             bar.console.print(f"kept epoch {best.epoch}, the best checked one")
     stats["model"] = acc.unwrap_model(model)
+    stats["lr_end"] = float(opt.param_groups[0]["lr"])
     stats["seconds"] = time.monotonic() - start
     return stats
 
@@ -414,6 +422,7 @@ def public_fingerprint(
             "kept_epoch": stats["kept_epoch"],
             "steps": stats["steps"],
             "lr": cfg.lr,
+            "lr_schedule_epochs": cfg.epochs,  # linear decay to 10 % over these
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "decision_weight": cfg.decision_weight,
@@ -437,6 +446,7 @@ def implant(
     out: Path,
     *,
     epochs: int | None = None,
+    max_epochs: int | None = None,
     lr: float | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -471,6 +481,8 @@ def implant(
         raise UserError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
     if (epochs is not None and epochs < 1) or (lr is not None and lr <= 0) or batch_size < 1:
         raise UserError("epochs and batch size must be >= 1 and lr > 0")
+    if max_epochs is not None and max_epochs < 1:
+        raise UserError("--max-epochs must be >= 1")
     if check_every < 1:
         raise UserError("check_every must be >= 1")
     if not 1 <= check_controls <= 1000 or not 0 <= confirm_controls <= 10_000:
@@ -507,6 +519,7 @@ def implant(
         decision_weight=decision_weight,
         top_layers=top_layers,
         untie_head=untie_head,
+        max_epochs=max_epochs,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
@@ -572,4 +585,5 @@ def implant(
         rows=counts,
         fire_min=stats["fire"],
         kept_epoch=stats["kept_epoch"],
+        lr_end=stats["lr_end"],
     )
