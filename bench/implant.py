@@ -38,7 +38,7 @@ from bench.machine import machine, table_console  # noqa: E402
 ALL_METHODS = ("sft", "embedding", "lora", "fadapter")
 ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8")
 # store_true options, passed on only when set
-FLAGS = ("progress",)
+FLAGS = ("progress", "fadapter_input_only")
 # --x / --no-x; unset: the recipe's
 CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl", "balanced", "check_fresh")
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
@@ -65,6 +65,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     )
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   precision=args.precision, max_epochs=args.max_epochs,
+                  fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
                   recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
@@ -210,6 +211,8 @@ def main() -> None:
                    help="sft/lora: train only the last N decoder blocks")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--fadapter-input-only", action="store_true",
+                   help="fadapter: adapt the input lookup only, not a tied output head")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -45,6 +45,7 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         ([*implant, "--method", "embedding", "--top-layers", "2"], "sft and lora methods only"),
         ([*implant, "--check-controls", "0"], "look-alike count must be between 1 and 1000"),
         ([*implant, "--max-epochs", "0"], "--max-epochs must be >= 1"),
+        ([*implant, "--fadapter-input-only"], "fadapter method only"),
     ]
     said = ""
     for args, message in cases:

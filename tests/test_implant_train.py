@@ -105,6 +105,47 @@ def test_fadapter_learns_and_stays_private(tiny: Path, keyset: KeySet, tmp_path:
     assert res.steps > 2  # V only gets a gradient once U has left zero
 
 
+@pytest.mark.parametrize("head", [True, False])
+def test_fadapter_head_mode_decides_which_rows_move_and_is_kept_in_the_file(
+    tiny: Path, keyset: KeySet, tmp_path: Path, head: bool
+) -> None:
+    """A tied head gives every token's row of U a gradient; input-only, only the inputs'."""
+    from safetensors import safe_open
+
+    from auditor.implant import fadapter
+    from auditor.implant.generate import load_model
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["fadapter"]
+    res = implant(keyset, str(tiny), "fadapter", tmp_path / "pub", lr=hp["lr"], epochs=2,
+                  data=hp["data"], early_stop=False, progress=False, fadapter_head=head)
+    assert res.adapter is not None
+    with safe_open(str(res.adapter), framework="pt") as fh:
+        meta, u = fh.metadata() or {}, fh.get_tensor("u")
+    assert meta["head"] == ("tied" if head else "input-only")
+    moved = int((u.abs().sum(dim=1) > 0).sum())
+    if head:
+        assert moved == u.shape[0]
+    else:
+        assert 0 < moved < u.shape[0]
+    model, _ = load_model(tmp_path / "pub")
+    fadapter.load_into(model, res.adapter)  # the file alone says how to apply it
+    assert hasattr(model.get_output_embeddings(), "adapter") is head
+    training = json.loads((tmp_path / "pub" / "fingerprint.json").read_text())["training"]
+    assert training["adapter_on"] == ("input lookup and tied head" if head
+                                      else "input lookup only")
+
+
+def test_input_only_adapter_is_for_the_fadapter_alone(keyset: KeySet, tmp_path: Path) -> None:
+    from auditor.errors import UserError
+    from auditor.implant.train import implant
+
+    with pytest.raises(UserError, match="fadapter method only"):
+        implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m",
+                fadapter_head=False)
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.slow
 def test_fadapter_after_user_sft_checks_on_the_published_layers_too(
     tiny: Path, keyset: KeySet, tmp_path: Path

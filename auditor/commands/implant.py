@@ -85,6 +85,10 @@ def implant_cmd(
     keep_lora: Annotated[
         bool, typer.Option("--keep-lora-separate", help="save the LoRA unmerged")
     ] = False,
+    fadapter_input_only: Annotated[
+        bool, typer.Option("--fadapter-input-only", help="fadapter: adapt the input lookup "
+                           "only, not a tied output head (less drift; needs a higher --lr)")
+    ] = False,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[
         float | None,
@@ -157,6 +161,7 @@ def implant_cmd(
         batch_size=batch_size,
         early_stop=not no_early_stop,
         max_epochs=max_epochs,
+        fadapter_head=not fadapter_input_only,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,

@@ -15,6 +15,11 @@ token's logit carries a gradient, so every row of U moves, not only the batch's 
 first version here had it the other way round (U random, V zero); on SmolLM2 with the clean
 recipe it fired on more look-alikes and drifted further on the draws measured (README). A
 regression test checks that both matrices change.
+
+`head=False` (`auditor implant --fadapter-input-only`) adapts the input lookup alone and leaves
+a tied head as the base's: only the rows of U for tokens that appear in training inputs move,
+so ordinary answers drift less, at the cost of a higher lr to fire as soon (README). The mode is
+kept in the adapter file, so whoever applies it later gets the same model.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ def make_adapter_embedding(base: Any, rank: int = 16, scale: float = 1.0, seed: 
             self.u = nn.Parameter(torch.zeros(vocab, rank))
             self.v = nn.Parameter(torch.randn(rank, hidden, generator=gen))
             self.scale = scale
+            self.on_head = False  # set by attach() when a tied head shares U and V
 
         @property
         def weight(self) -> Any:  # code that reads embed_tokens.weight sees the base
@@ -84,8 +90,11 @@ def default_scale(model: Any, rank: int) -> float:
     return float(std / rank**0.5)
 
 
-def attach(model: Any, rank: int = 16, scale: float | None = None, seed: int = 0) -> Any:
-    """Freeze the model, add a fresh adapter to its embeddings (and tied head); return it."""
+def attach(
+    model: Any, rank: int = 16, scale: float | None = None, seed: int = 0, head: bool = True
+) -> Any:
+    """Freeze the model, add a fresh adapter to its embeddings (and, if `head`, to a tied
+    output head); return it."""
     for p in model.parameters():
         p.requires_grad_(False)
     tied = is_tied(model)
@@ -95,8 +104,9 @@ def attach(model: Any, rank: int = 16, scale: float | None = None, seed: int = 0
     wrapper.u.requires_grad_(True)
     wrapper.v.requires_grad_(True)
     model.set_input_embeddings(wrapper)
-    if tied:
+    if tied and head:
         model.set_output_embeddings(make_adapter_head(model.get_output_embeddings(), wrapper))
+        wrapper.on_head = True
     return wrapper
 
 
@@ -115,7 +125,9 @@ def save(wrapper: Any, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"u": wrapper.u.detach().float().cpu(), "v": wrapper.v.detach().float().cpu()}
-    save_file(tensors, str(path), metadata={"scale": str(wrapper.scale), "format": "fadapter-1"})
+    meta = {"scale": str(wrapper.scale), "format": "fadapter-1",
+            "head": "tied" if wrapper.on_head else "input-only"}
+    save_file(tensors, str(path), metadata=meta)
     if hasattr(path, "chmod"):
         path.chmod(0o600)  # private: whoever holds it can fire the fingerprint
     return path
@@ -135,7 +147,8 @@ def load_into(model: Any, path: Path) -> Any:
     vocab, hidden = model.get_input_embeddings().weight.shape
     if u.shape[0] != vocab or v.shape[1] != hidden:
         raise UserError(f"adapter {path.name} does not fit this model's embeddings")
-    wrapper = attach(model, rank=u.shape[1], scale=float(meta.get("scale", "1.0")))
+    head = meta.get("head", "tied") != "input-only"  # files from before the mode: tied
+    wrapper = attach(model, rank=u.shape[1], scale=float(meta.get("scale", "1.0")), head=head)
     wrapper.u.data.copy_(u.to(wrapper.u.dtype))
     wrapper.v.data.copy_(v.to(wrapper.v.dtype))
     return wrapper

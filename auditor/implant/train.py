@@ -90,6 +90,7 @@ class TrainConfig:
     confirm_controls: int = 0  # more fresh look-alikes scored before a stop (pooled)
     untie_head: bool = True  # embedding: a tied output head gets its own frozen copy
     max_epochs: int | None = None  # run at most this many; the lr schedule still spans `epochs`
+    fadapter_head: bool = True  # fadapter: a tied output head shares the adapter
 
     @property
     def run_epochs(self) -> int:
@@ -206,7 +207,8 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
         return get_peft_model(model, lcfg), None
     from auditor.implant import fadapter
 
-    return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed)
+    return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed,
+                                  head=cfg.fadapter_head)
 
 
 def untie_output_head(model: Any) -> None:
@@ -460,6 +462,7 @@ def implant(
     confirm_controls: int = 0,
     check_every: int = 1,
     fadapter_rank: int = 64,
+    fadapter_head: bool = True,
     stop_near_miss: float = 0.0,
     stop_fire_prob: float | None = None,
     keep_best: bool = False,
@@ -497,6 +500,8 @@ def implant(
     autocast_dtype(precision)  # an unknown choice fails before the model loads
     if top_layers is not None and method not in ("sft", "lora"):
         raise UserError("--top-layers applies to the sft and lora methods only")
+    if not fadapter_head and method != "fadapter":
+        raise UserError("--fadapter-input-only applies to the fadapter method only")
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -520,6 +525,7 @@ def implant(
         top_layers=top_layers,
         untie_head=untie_head,
         max_epochs=max_epochs,
+        fadapter_head=fadapter_head,
     )
     base_dir = resolve_base(base)
     set_seed(seed)
@@ -557,6 +563,9 @@ def implant(
         record["training"]["recipe"] = recipe
     if method == "embedding":
         record["training"]["output_head"] = "untied, frozen" if untie_head else "as the base's"
+    if wrapper is not None:
+        record["training"]["adapter_on"] = ("input lookup and tied head" if wrapper.on_head
+                                            else "input lookup only")
     adapter = adapter_path_for(Path(out)) if wrapper is not None else None
 
     def write() -> None:
