@@ -368,12 +368,11 @@ def test_max_epochs_stops_the_run_but_keeps_the_lr_schedule(
 
 
 def _param_pairs(a: Path, b: Path) -> list[tuple[Any, Any]]:
-    """Each parameter of the model saved in `a` next to the same one saved in `b`."""
-    from transformers import AutoModelForCausalLM
+    """Each tensor of the model saved in `a` next to the same one saved in `b`."""
+    from auditor.implant.generate import load_model
 
-    ma, mb = (AutoModelForCausalLM.from_pretrained(str(d)) for d in (a, b))
-    pb = dict(mb.named_parameters())
-    return [(t.detach(), pb[n].detach()) for n, t in ma.named_parameters()]
+    (ma, _), (mb, _) = load_model(a), load_model(b)
+    return list(zip(ma.state_dict().values(), mb.state_dict().values(), strict=True))
 
 
 @pytest.mark.parametrize("weight", [0.5, 0.0, -1.0, 5000.0])
