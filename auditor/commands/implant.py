@@ -87,7 +87,8 @@ def implant_cmd(
     ] = False,
     fadapter_input_only: Annotated[
         bool, typer.Option("--fadapter-input-only", help="fadapter: adapt the input lookup "
-                           "only, not a tied output head (less drift; needs a higher --lr)")
+                           "only, not a tied output head (less drift; needs a higher --lr; "
+                           "after user SFT only check-local --layers-from finds it)")
     ] = False,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[
