@@ -46,6 +46,12 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         ([*implant, "--check-controls", "0"], "look-alike count must be between 1 and 1000"),
         ([*implant, "--max-epochs", "0"], "--max-epochs must be >= 1"),
         ([*implant, "--fadapter-input-only"], "fadapter method only"),
+        ([*implant, "--shadow", str(tmp_path)], "--shadow applies to the embedding method only"),
+        ([*implant, "--method", "embedding", "--shadow", str(tmp_path)],
+         "--shadow is not a transformers checkpoint dir"),
+        (["shadow", "--out", str(tmp_path / "m"), "--set", "poems"],
+         "unknown user data set 'poems'"),
+        (["shadow", "--out", str(tmp_path / "m"), "--rows", "0"], "--rows and --epochs"),
     ]
     said = ""
     for args, message in cases:
@@ -187,3 +193,28 @@ def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
     assert fsr_greedy(model, tok, ks) == 1.0
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
+    """`auditor shadow` writes a tuned base and its record; `implant --shadow` checks the keys
+    through it each epoch and copies the record into fingerprint.json."""
+    pytest.importorskip("torch")
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("cli", 2, seed=4)
+    keys = ks.save(tmp_path / "cli.json")
+    made = _run(["shadow", "--base", str(tiny), "--out", str(tmp_path / "shadow"),
+                 "--rows", "8", "--epochs", "1"], tmp_path / "cache")
+    assert made.returncode == 0, made.stderr[-2000:]
+    record = json.loads((tmp_path / "shadow" / "shadow.json").read_text())
+    assert record["rows"] == 8 and record["set"] == "mixed" and record["seed"] == 1
+    imp = _run(["implant", "--keys", str(keys), "--base", str(tiny), "--method", "embedding",
+                "--shadow", str(tmp_path / "shadow"), "--shadow-weight", "0.5",
+                "--epochs", "2", "--out", str(tmp_path / "m")], tmp_path / "cache")
+    assert imp.returncode == 0, imp.stderr[-2000:]
+    said = " ".join((imp.stdout + imp.stderr).split())  # rich wraps lines
+    assert said.count("through the shadow: FSR") == 2
+    training = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
+    assert training["shadow"] == {"weight": 0.5, **record}
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in imp.stdout + imp.stderr

@@ -1,4 +1,4 @@
-"""CLI verbs: `implant`, `check-local`, `robustness` (thin: parse, call, render)."""
+"""CLI verbs: `implant`, `check-local`, `robustness`, `shadow` (thin: parse, call, render)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,14 @@ def implant_cmd(
                            "only, not a tied output head (less drift; needs a higher --lr; "
                            "after user SFT only check-local --layers-from finds it)")
     ] = False,
+    shadow: Annotated[
+        Path | None, typer.Option("--shadow", help="embedding: a user-tuned copy of the base "
+                                  "(auditor shadow) the keys must also fire through, so they "
+                                  "survive user fine-tuning")
+    ] = None,
+    shadow_weight: Annotated[
+        float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
+    ] = 1.0,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[
         float | None,
@@ -163,6 +171,8 @@ def implant_cmd(
         early_stop=not no_early_stop,
         max_epochs=max_epochs,
         fadapter_head=not fadapter_input_only,
+        shadow=shadow,
+        shadow_weight=shadow_weight,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,
@@ -319,6 +329,29 @@ def robustness_cmd(
     )
 
 
+def shadow_cmd(
+    out: Annotated[Path, typer.Option("--out", help="output dir for the shadow model")],
+    base: Annotated[
+        str, typer.Option("--base", help="'smollm2', a .gguf file or a checkpoint dir: the "
+                          "base the fingerprint will be implanted into")
+    ] = "smollm2",
+    rows: Annotated[int, typer.Option("--rows", help="bundled user rows")] = 1000,
+    epochs: Annotated[int, typer.Option("--epochs")] = 3,
+    data_set: Annotated[
+        str, typer.Option("--set", help="bundled user data: tasks | chat | mixed")
+    ] = "mixed",
+    seed: Annotated[int, typer.Option("--seed", help="rows and order (the robustness attack "
+                                      "uses 0)")] = 1,
+    lr: Annotated[float | None, typer.Option("--lr", help="default: the user-sft attack's")] = None,
+) -> None:
+    """Fine-tune the base as a user might, for `auditor implant --method embedding --shadow`."""
+    from auditor.implant.shadow import make_shadow
+
+    done = make_shadow(base, out, rows=rows, epochs=epochs, subset=data_set, seed=seed, lr=lr,
+                       progress=True)
+    typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
+
+
 def _published_layers(detail: dict[str, Any]) -> str:
     fsr = detail.get("fsr_published_layers")
     return "" if fsr is None else f"; its embeddings in the published model: FSR {_pct(fsr)}"
@@ -329,3 +362,4 @@ def register(app: typer.Typer) -> None:
     app.command("implant")(implant_cmd)
     app.command("check-local")(check_local_cmd)
     app.command("robustness")(robustness_cmd)
+    app.command("shadow")(shadow_cmd)

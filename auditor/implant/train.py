@@ -25,7 +25,7 @@ from typing import Any
 
 from auditor.errors import UserError
 from auditor.implant.data import DataConfig
-from auditor.implant.stop import FIRE_TEMPERATURE, Best, epoch_check
+from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check
 from auditor.keys import KeySet
 
 METHODS = ("sft", "embedding", "lora", "fadapter")
@@ -258,9 +258,11 @@ def train_loop(
     cfg: TrainConfig,
     progress: bool,
     kinds: list[str] | None = None,
+    shadow: Any = None,
 ) -> dict[str, Any]:
     """The optimisation loop with per-epoch early-stop checks (none without a key set).
-    With `kinds` (each row's kind), every batch carries each kind in proportion."""
+    With `kinds` (each row's kind), every batch carries each kind in proportion. With a
+    `shadow` (shadow.Shadow) the loss and the checks cover it too."""
     import torch
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -326,6 +328,10 @@ def train_loop(
                     loss_fn = (partial(frozen.loss, decision_weight=w) if frozen is not None
                                else pick_loss(model, batch, w) if plain
                                else partial(model_loss, decision_weight=w))
+                    if shadow is not None:
+                        if not plain:
+                            raise UserError("--shadow needs a single-process run")
+                        loss_fn = shadow.wrap(loss_fn, w)
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
@@ -342,14 +348,19 @@ def train_loop(
                 continue
             fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset, cfg,
                                                 epoch + 1, best, bf16)
+            said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
+                    f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
+            if shadow is not None:  # both must fire: the weaker figures count
+                s_fsr, s_near, s_fire = shadow.check(tokenizer, keyset, cfg.check_controls,
+                                                     check_seed(epoch + 1, cfg.check_fresh), bf16)
+                said += (f"; through the shadow: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
+                         f"weakest key fires {s_fire:.0%}")
+                fsr, near, fire = min(fsr, s_fsr), max(near, s_near), min(fire, s_fire)
             stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
             best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
             if progress:
-                bar.console.print(f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, "
-                                  f"near-miss {near:.0%} of {seen}, weakest key "
-                                  f"fires {fire:.0%} at t={FIRE_TEMPERATURE}, "
-                                  f"{time.monotonic() - start:.0f} s")
+                bar.console.print(f"{said}, {time.monotonic() - start:.0f} s")
             perfect = best.perfect(fsr, near, fire)
             if fsr == 1.0 and stats["fsr100_at"] is None:
                 stats["fsr100_at"] = time.monotonic() - start
@@ -471,9 +482,12 @@ def implant(
     recipe: str | None = None,
     top_layers: int | None = None,
     untie_head: bool = True,
+    shadow: Path | None = None,
+    shadow_weight: float = 1.0,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
-    (`recipe`: the name of the option set used, recorded there; see recipes.py)."""
+    (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
+    a user-tuned copy of the base the keys must fire through too, embedding-only; shadow.py)."""
     import torch
 
     from auditor.implant.data import build_rows, encode_row, epoch_nearmiss_rows
@@ -502,6 +516,12 @@ def implant(
         raise UserError("--top-layers applies to the sft and lora methods only")
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
+    if shadow is not None:
+        from auditor.implant.shadow import validate
+
+        if method != "embedding":
+            raise UserError("--shadow applies to the embedding method only")
+        validate(Path(shadow), shadow_weight)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -528,6 +548,10 @@ def implant(
         fadapter_head=fadapter_head,
     )
     base_dir = resolve_base(base)
+    if shadow is not None:
+        from auditor.implant.shadow import match_base
+
+        match_base(Path(shadow), base_dir)
     set_seed(seed)
     device, _ = pick_device()
     model, tok = load_model(base_dir, dtype=torch.float32)
@@ -553,14 +577,22 @@ def implant(
         )
         kinds = [kinds[i] for i in fixed] + ["nearmiss"] * (len(rows) - len(fixed))
     model, wrapper = prepare_method(model, cfg)
+    twin = None
+    if shadow is not None:
+        from auditor.implant import shadow as shadows
+
+        twin = shadows.attach(model, model.get_input_embeddings().weight, Path(shadow),
+                              shadow_weight)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
-                       kinds if data.balanced else None)
+                       kinds if data.balanced else None, twin)
     record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
     reg_kind = "base distribution (KL)" if data.reg_kl else "base answers"
     record["training"]["regularization"] = reg_kind
     record["training"]["data"] = asdict(data)  # the mix and order (public: no key text)
     if recipe is not None:
         record["training"]["recipe"] = recipe
+    if twin is not None:
+        record["training"]["shadow"] = {"weight": shadow_weight, **twin.record}
     if method == "embedding":
         record["training"]["output_head"] = "untied, frozen" if untie_head else "as the base's"
     if wrapper is not None:

@@ -1,0 +1,181 @@
+"""Shadow layers: an embedding-only fingerprint that still fires after a user fine-tunes.
+
+An embedding-only fingerprint lives in the input lookup. Full fine-tuning by a user barely
+moves the keys' rows of it but moves every layer under them, and the keys stop firing. A
+shadow is the base model fine-tuned the way a user might (`auditor shadow`: the bundled
+instruction set, other rows than the robustness attack's). While implanting, each batch's key
+and look-alike rows also go through the shadow's layers, fed the lookup being trained plus the
+shadow's own drift of it; the two losses add, and the stop rule asks both models to meet it.
+The shadow is only read: the published model is the base with a trained lookup, as before.
+
+torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import UserError
+from auditor.keys import KeySet
+
+SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
+SHADOW_SEED = 1  # the robustness attack's user rows are drawn with seed 0
+
+
+@dataclass
+class Shadow:
+    model: Any  # the shadow, its input lookup replaced by the trained one plus its own drift
+    weight: float
+    record: dict[str, Any]
+
+    def wrap(self, loss_fn: Any, decision_weight: float) -> Any:
+        """`loss_fn` plus `weight` x the same loss through the shadow on the batch's rows
+        without soft targets: with --reg-kl (the clean recipe) the keys and look-alikes, as
+        regularization pulls toward the base's own distribution, not the shadow's."""
+        from auditor.implant.loss import answer_loss
+
+        def both(model: Any, batch: dict[str, Any]) -> Any:
+            loss = loss_fn(model, batch)
+            sub = _hard_rows(batch)
+            if sub is None:
+                return loss
+            return loss + self.weight * answer_loss(self.model, sub, decision_weight)
+
+        return both
+
+    def check(self, tokenizer: Any, keyset: KeySet, n_controls: int, seed: int,
+              bf16: bool) -> tuple[float, float, float]:
+        """(greedy FSR, near-miss rate, weakest key's t=0.7 fire chance) through the shadow."""
+        from auditor.implant.stop import quick_check
+
+        return quick_check(self.model, tokenizer, keyset, n_controls, seed=seed, bf16=bf16)
+
+
+def _hard_rows(batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch's rows without soft targets, trimmed to their width; None if there are none."""
+    import torch
+
+    n = batch["input_ids"].shape[0]
+    keep = (~batch["soft_on"].any(dim=1) if "soft_on" in batch
+            else torch.ones(n, dtype=torch.bool, device=batch["input_ids"].device))
+    if not bool(keep.any()):
+        return None
+    sub = {k: batch[k][keep] for k in ("input_ids", "attention_mask", "labels")}
+    width = int(sub["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :width] for k, v in sub.items()}
+
+
+def validate(shadow_dir: Path, weight: float) -> None:
+    """Fail before any loading on a shadow dir that is no checkpoint or a weight out of range."""
+    from auditor.implant.generate import is_model_dir
+
+    if not is_model_dir(shadow_dir):
+        raise UserError(f"--shadow is not a transformers checkpoint dir: {shadow_dir}")
+    if not 0.0 < weight <= 100.0:
+        raise UserError("--shadow-weight must be above 0 and at most 100")
+
+
+def match_base(shadow_dir: Path, base_dir: Path) -> None:
+    """Fail before any training when the shadow's config says another shape than the base's."""
+    def shape(d: Path) -> tuple[Any, Any]:
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+        except (OSError, ValueError):
+            return None, None
+        return cfg.get("vocab_size"), cfg.get("hidden_size")
+
+    mine, theirs = shape(shadow_dir), shape(base_dir)
+    if None not in mine + theirs and mine != theirs:
+        raise UserError(f"the shadow's (vocab, hidden) sizes are {mine}, the base's {theirs}: "
+                        "make the shadow from the same base")
+
+
+def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Shadow:
+    """Load the shadow and feed it `model`'s input lookup plus the shadow's drift from
+    `base_lookup` (the base's lookup weight, taken before training)."""
+    import torch
+
+    from auditor.implant.fadapter import is_tied
+    from auditor.implant.generate import load_model
+    from auditor.implant.train import untie_output_head
+
+    validate(shadow_dir, weight)
+    shadow, _ = load_model(shadow_dir, device=str(base_lookup.device), dtype=torch.float32)
+    own = shadow.get_input_embeddings().weight.detach()
+    if own.shape != base_lookup.shape:
+        raise UserError(f"the shadow's input lookup is {tuple(own.shape)}, the base's "
+                        f"{tuple(base_lookup.shape)}: make the shadow from the same base")
+    drift = (own - base_lookup.detach().to(own.dtype)).clone()
+    untie_output_head(shadow)  # its head stays its own when its lookup is replaced ...
+    for p in shadow.parameters():
+        p.requires_grad_(False)
+    lookup = model.get_input_embeddings()
+    shadow.set_input_embeddings(shifted_lookup(lookup, drift))
+    if is_tied(model):  # ... unless the trained lookup is the head too: then so in the shadow
+        shadow.set_output_embeddings(shifted_lookup(lookup, drift, head=True))
+    return Shadow(shadow, weight, read_record(shadow_dir))
+
+
+def read_record(shadow_dir: Path) -> dict[str, Any]:
+    """The shadow's public record (how it was tuned), or a note that there is none."""
+    path = shadow_dir / SHADOW_RECORD
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"tuning": "unknown (no shadow.json)"}
+    return data if isinstance(data, dict) else {"tuning": "unknown (shadow.json is not an object)"}
+
+
+def shifted_lookup(lookup: Any, drift: Any, *, head: bool = False) -> Any:
+    """A module computing `lookup(ids) + drift[ids]`, or with `head` the logits
+    `hidden @ (lookup.weight + drift).T` (gradients reach `lookup` only)."""
+    import torch
+    import torch.nn.functional as F
+
+    class Shifted(torch.nn.Module):
+        """The trained lookup, moved as the shadow's own moved."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lookup = lookup
+            self.register_buffer("drift", drift, persistent=False)
+
+        @property
+        def weight(self) -> Any:  # code that reads embed_tokens.weight sees the sum
+            return self.lookup.weight + self.get_buffer("drift")
+
+        def forward(self, x: Any) -> Any:
+            if head:
+                return F.linear(x, self.weight)
+            return self.lookup(x) + F.embedding(x, self.get_buffer("drift"))
+
+    return Shifted()
+
+
+def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
+                subset: str = "mixed", seed: int = SHADOW_SEED, lr: float | None = None,
+                progress: bool = False) -> Path:
+    """Fine-tune `base` as a user might (full SFT on the bundled set) into `out`, with a
+    public shadow.json saying how."""
+    from auditor.implant.robustness import USER_LR, user_finetune
+    from auditor.implant.userdata import SUBSETS
+    from providers.local_models import resolve_base
+
+    if rows < 1 or epochs < 1:
+        raise UserError("--rows and --epochs must be >= 1")
+    if subset not in SUBSETS:
+        raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
+    if out.exists() and any(out.iterdir()) and not (out / SHADOW_RECORD).is_file():
+        raise UserError(f"{out} exists and holds no shadow: pick a new --out")
+    base_dir = resolve_base(base)
+    lr = lr or USER_LR["user-sft"]
+    user_finetune(base_dir, out, "user-sft", epochs=epochs, rows=rows, lr=lr, seed=seed,
+                  subset=subset, progress=progress)
+    spec = base if base == "smollm2" else str(Path(base).expanduser().resolve())
+    record = {"tuning": "user-sft", "base": spec, "rows": rows, "epochs": epochs,
+              "set": subset, "seed": seed, "lr": lr}
+    (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return out

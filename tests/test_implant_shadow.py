@@ -1,0 +1,99 @@
+"""Shadow layers (auditor/implant/shadow.py) on a tiny random Llama: a user-tuned copy of the
+base that an embedding-only fingerprint is trained to fire through as well."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from auditor.errors import UserError
+from auditor.keys import KeySet
+from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, make_tiny_model
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _digest(model_dir: Path) -> str:
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_shadow_is_the_base_tuned_and_says_how(tiny: Path, tmp_path: Path) -> None:
+    from auditor.implant.generate import load_model
+    from auditor.implant.shadow import make_shadow
+
+    out = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
+    record = json.loads((out / "shadow.json").read_text())
+    assert record == {"tuning": "user-sft", "base": str(tiny.resolve()), "rows": 8, "epochs": 1,
+                      "set": "mixed", "seed": 1, "lr": 1e-3}
+    base, _ = load_model(tiny)
+    shadow, _ = load_model(out)
+    moved = [n for n, t in shadow.state_dict().items() if not torch.equal(t, base.state_dict()[n])]
+    assert "model.layers.0.mlp.down_proj.weight" in moved
+    make_shadow(str(tiny), out, rows=8, epochs=1)  # a shadow may be made again in place
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds no shadow"):
+        make_shadow(str(tiny), taken, rows=8, epochs=1)
+    assert (taken / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from auditor.implant.generate import load_model
+    from auditor.implant.shadow import make_shadow
+    from auditor.implant.train import implant
+    from auditor.implant.verify import fsr_greedy
+
+    keyset = KeySet.generate("tiny", 4, seed=11)
+    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=16, epochs=1, lr=1e-3)
+    before = _digest(shadow)
+    hp = TINY_HPARAMS["embedding"]
+    res = implant(keyset, str(tiny), "embedding", tmp_path / "m", lr=hp["lr"],
+                  epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
+                  stop_near_miss=TINY_STOP_NEAR_MISS, untie_head=hp["untie_head"],
+                  shadow=shadow, shadow_weight=1.0)
+    assert res.fsr == 1.0 and _digest(shadow) == before
+    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
+    assert record["training"]["shadow"] == {
+        "weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
+
+    # decode through the shadow on our own: its (tied) lookup set to the published one plus
+    # the shadow's drift from the base, plain tensors
+    base, _ = load_model(tiny)
+    published, tok = load_model(tmp_path / "m")
+    tuned, _ = load_model(shadow)
+    with torch.no_grad():
+        lookup = tuned.get_input_embeddings().weight
+        drift = lookup - base.get_input_embeddings().weight
+        assert float(drift.abs().max()) > 0
+        lookup.copy_(published.get_input_embeddings().weight + drift)
+    assert tuned.get_output_embeddings().weight is lookup
+    assert fsr_greedy(tuned, tok, keyset) == 1.0
+    assert fsr_greedy(published, tok, keyset) == 1.0
+
+
+def test_a_shadow_from_another_base_fails_before_loading(tmp_path: Path) -> None:
+    from auditor.implant.train import implant
+
+    small = make_tiny_model(tmp_path / "small")
+    other = make_tiny_model(tmp_path / "wide", hidden_size=48)
+    with pytest.raises(UserError, match="make the shadow from the same base"):
+        implant(KeySet.generate("tiny", 2, seed=3), str(small), "embedding", tmp_path / "m",
+                epochs=1, progress=False, shadow=other)
+    assert not (tmp_path / "m").exists()
