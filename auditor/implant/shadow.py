@@ -95,14 +95,14 @@ def match_base(shadow_dir: Path, base_dir: Path) -> None:
 
 def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Shadow:
     """Load the shadow and feed it `model`'s input lookup plus the shadow's drift from
-    `base_lookup` (the base's lookup weight, taken before training)."""
+    `base_lookup` (the base's lookup weight, taken before training); `implant` has run
+    `validate` on the dir and weight."""
     import torch
 
     from auditor.implant.fadapter import is_tied
     from auditor.implant.generate import load_model
     from auditor.implant.train import untie_output_head
 
-    validate(shadow_dir, weight)
     shadow, _ = load_model(shadow_dir, device=str(base_lookup.device), dtype=torch.float32)
     own = shadow.get_input_embeddings().weight.detach()
     if own.shape != base_lookup.shape:
@@ -161,6 +161,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     """Fine-tune `base` as a user might (full SFT on the bundled set) into `out`, with a
     public shadow.json saying how."""
     from auditor.implant.robustness import USER_LR, user_finetune
+    from auditor.implant.train import base_spec
     from auditor.implant.userdata import SUBSETS
     from providers.local_models import resolve_base
 
@@ -174,8 +175,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     lr = lr or USER_LR["user-sft"]
     user_finetune(base_dir, out, "user-sft", epochs=epochs, rows=rows, lr=lr, seed=seed,
                   subset=subset, progress=progress)
-    spec = base if base == "smollm2" else str(Path(base).expanduser().resolve())
-    record = {"tuning": "user-sft", "base": spec, "rows": rows, "epochs": epochs,
+    record = {"tuning": "user-sft", "base": base_spec(base), "rows": rows, "epochs": epochs,
               "set": subset, "seed": seed, "lr": lr}
     (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return out

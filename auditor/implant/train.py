@@ -447,7 +447,7 @@ def public_fingerprint(
     }
 
 
-def _base_spec(base: str) -> str:
+def base_spec(base: str) -> str:
     """Keep 'smollm2' as is; make paths absolute so check-local can find the base later."""
     return base if base == "smollm2" else str(Path(base).expanduser().resolve())
 
@@ -585,7 +585,7 @@ def implant(
                               shadow_weight)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
                        kinds if data.balanced else None, twin)
-    record = public_fingerprint(keyset, cfg, _base_spec(base), stats)
+    record = public_fingerprint(keyset, cfg, base_spec(base), stats)
     reg_kind = "base distribution (KL)" if data.reg_kl else "base answers"
     record["training"]["regularization"] = reg_kind
     record["training"]["data"] = asdict(data)  # the mix and order (public: no key text)
