@@ -169,6 +169,8 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
         raise UserError("--rows and --epochs must be >= 1")
     if subset not in SUBSETS:
         raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a directory for the shadow")
     if out.exists() and any(out.iterdir()) and not (out / SHADOW_RECORD).is_file():
         raise UserError(f"{out} exists and holds no shadow: pick a new --out")
     base_dir = resolve_base(base)
