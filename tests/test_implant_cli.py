@@ -213,8 +213,8 @@ def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
                 "--shadow", str(tmp_path / "shadow"), "--shadow-weight", "0.5",
                 "--epochs", "2", "--out", str(tmp_path / "m")], tmp_path / "cache")
     assert imp.returncode == 0, imp.stderr[-2000:]
-    said = " ".join((imp.stdout + imp.stderr).split())  # rich wraps lines
-    assert said.count("through the shadow: FSR") == 2
+    lines = (imp.stdout + imp.stderr).splitlines()  # one line per epoch, not wrapped at 80
+    assert sum("through the shadow: FSR" in line and line.endswith(" s") for line in lines) == 2
     training = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
     assert training["shadow"] == {"weight": 0.5, **record}
     for text in [k.text for k in ks.keys] + [ks.decryption]:

@@ -360,7 +360,7 @@ def train_loop(
             best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
             if progress:
-                bar.console.print(f"{said}, {time.monotonic() - start:.0f} s")
+                bar.console.print(f"{said}, {time.monotonic() - start:.0f} s", soft_wrap=True)
             perfect = best.perfect(fsr, near, fire)
             if fsr == 1.0 and stats["fsr100_at"] is None:
                 stats["fsr100_at"] = time.monotonic() - start
