@@ -49,6 +49,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         ([*implant, "--shadow", str(tmp_path)], "--shadow applies to the embedding method only"),
         ([*implant, "--method", "embedding", "--shadow", str(tmp_path)],
          "--shadow is not a transformers checkpoint dir"),
+        ([*implant, "--method", "embedding", "--shadow-weight", "0.5"],
+         "--shadow-weight needs --shadow"),
         (["shadow", "--out", str(tmp_path / "m"), "--set", "poems"],
          "unknown user data set 'poems'"),
         (["shadow", "--out", str(tmp_path / "m"), "--rows", "0"], "--rows and --epochs"),

@@ -516,6 +516,8 @@ def implant(
         raise UserError("--top-layers applies to the sft and lora methods only")
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
+    if shadow is None and shadow_weight != 1.0:
+        raise UserError("--shadow-weight needs --shadow")
     if shadow is not None:
         from auditor.implant.shadow import validate
 
