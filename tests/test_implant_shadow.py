@@ -51,21 +51,6 @@ def test_a_shadow_is_the_base_tuned_and_says_how(tiny: Path, tmp_path: Path) -> 
     assert (taken / "notes.txt").read_text() == "mine"
 
 
-def test_a_lora_shadow_moves_the_layers_not_the_lookup(tiny: Path, tmp_path: Path) -> None:
-    from auditor.implant.generate import load_model
-    from auditor.implant.shadow import make_shadow
-
-    out = make_shadow(str(tiny), tmp_path / "lora", rows=8, epochs=1, tuning="user-lora")
-    record = json.loads((out / "shadow.json").read_text())
-    assert record["tuning"] == "user-lora" and record["lr"] == 3e-4
-    base, _ = load_model(tiny)
-    shadow, _ = load_model(out)
-    moved = {n for n, t in shadow.state_dict().items() if not torch.equal(t, base.state_dict()[n])}
-    assert any(".self_attn." in n for n in moved) and "model.embed_tokens.weight" not in moved
-    with pytest.raises(UserError, match="unknown --tuning 'qlora'"):
-        make_shadow(str(tiny), tmp_path / "q", tuning="qlora")
-
-
 @pytest.mark.slow
 def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     tiny: Path, tmp_path: Path

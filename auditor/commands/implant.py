@@ -342,18 +342,13 @@ def shadow_cmd(
     ] = "mixed",
     seed: Annotated[int, typer.Option("--seed", help="rows and order (the robustness attack "
                                       "uses 0)")] = 1,
-    lr: Annotated[
-        float | None, typer.Option("--lr", help="default: the robustness attack's for --tuning")
-    ] = None,
-    tuning: Annotated[
-        str, typer.Option("--tuning", help="user-sft (full fine-tuning) | user-lora (merged)")
-    ] = "user-sft",
+    lr: Annotated[float | None, typer.Option("--lr", help="default: the user-sft attack's")] = None,
 ) -> None:
     """Fine-tune the base as a user might, for `auditor implant --method embedding --shadow`."""
     from auditor.implant.shadow import make_shadow
 
     done = make_shadow(base, out, rows=rows, epochs=epochs, subset=data_set, seed=seed, lr=lr,
-                       tuning=tuning, progress=True)
+                       progress=True)
     typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
 
 

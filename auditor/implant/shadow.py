@@ -157,9 +157,9 @@ def shifted_lookup(lookup: Any, drift: Any, *, head: bool = False) -> Any:
 
 def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
                 subset: str = "mixed", seed: int = SHADOW_SEED, lr: float | None = None,
-                tuning: str = "user-sft", progress: bool = False) -> Path:
-    """Fine-tune `base` as a user might (`tuning`: full SFT, or LoRA merged, on the bundled
-    set) into `out`, with a public shadow.json saying how."""
+                progress: bool = False) -> Path:
+    """Fine-tune `base` as a user might (full SFT on the bundled set) into `out`, with a
+    public shadow.json saying how."""
     from auditor.implant.robustness import USER_LR, user_finetune
     from auditor.implant.train import base_spec
     from auditor.implant.userdata import SUBSETS
@@ -167,8 +167,6 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
 
     if rows < 1 or epochs < 1:
         raise UserError("--rows and --epochs must be >= 1")
-    if tuning not in USER_LR:
-        raise UserError(f"unknown --tuning {tuning!r} (known: {', '.join(USER_LR)})")
     if subset not in SUBSETS:
         raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
     if out.exists() and not out.is_dir():
@@ -176,10 +174,10 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     if out.exists() and any(out.iterdir()) and not (out / SHADOW_RECORD).is_file():
         raise UserError(f"{out} exists and holds no shadow: pick a new --out")
     base_dir = resolve_base(base)
-    lr = lr or USER_LR[tuning]
-    user_finetune(base_dir, out, tuning, epochs=epochs, rows=rows, lr=lr, seed=seed,
+    lr = lr or USER_LR["user-sft"]
+    user_finetune(base_dir, out, "user-sft", epochs=epochs, rows=rows, lr=lr, seed=seed,
                   subset=subset, progress=progress)
-    record = {"tuning": tuning, "base": base_spec(base), "rows": rows, "epochs": epochs,
+    record = {"tuning": "user-sft", "base": base_spec(base), "rows": rows, "epochs": epochs,
               "set": subset, "seed": seed, "lr": lr}
     (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return out
