@@ -55,6 +55,7 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
          "unknown user data set 'poems'"),
         (["shadow", "--out", str(tmp_path / "m"), "--rows", "0"], "--rows and --epochs"),
         (["shadow", "--out", str(keys)], "is a file: give a directory"),
+        (["implant", "--keys", str(keys), "--out", str(keys)], "is a file: give a directory"),
     ]
     said = ""
     for args, message in cases:

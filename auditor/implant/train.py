@@ -393,6 +393,12 @@ def on_main(write: Callable[[], Any]) -> None:
     state.wait_for_everyone()
 
 
+def refuse_file_out(out: Path) -> None:
+    """Fail before any work when --out names a file (the model is written as a directory)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a directory")
+
+
 def adapter_path_for(out: Path) -> Path:
     """Where the private F-Adapter goes: beside the published model, never inside it."""
     return out.parent / f"{out.name}.fadapter.safetensors"
@@ -516,6 +522,7 @@ def implant(
         raise UserError("--top-layers applies to the sft and lora methods only")
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
+    refuse_file_out(Path(out))
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
     if shadow is not None:
