@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -100,15 +101,18 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
     from transformers.utils import logging as hf_logging
 
     from auditor.implant.train import autocast_dtype, implant
+    from auditor.implant.verify import FINGERPRINT_FILE
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     warnings.filterwarnings("ignore", category=FutureWarning)
     out = opts.root / "models" / f"demo-{ks.digest()[:12]}-{opts.method}"
-    marker = out / "fingerprint.json"
+    marker = out / FINGERPRINT_FILE
     if marker.exists() and not opts.fresh:
         console.print(f"      cached: {out}")
         return out
+    if out.is_dir() and not marker.exists():
+        shutil.rmtree(out)  # the demo's own dir, left by a run cut short before it finished
     from auditor.implant.generate import cpu_has_bf16
     from auditor.implant.recipes import RECIPES, recipe_options
 

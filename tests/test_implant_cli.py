@@ -56,13 +56,15 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         (["shadow", "--out", str(tmp_path / "m"), "--rows", "0"], "--rows and --epochs"),
         (["shadow", "--out", str(keys)], "is a file: give a directory"),
         (["implant", "--keys", str(keys), "--out", str(keys)], "is a file: give a directory"),
+        (["implant", "--keys", str(keys), "--out", str(tmp_path)],
+         "holds files but no fingerprint.json"),
     ]
     said = ""
     for args, message in cases:
         r = _run(args, tmp_path / "cache")
         assert r.returncode == 2 and message in r.stderr, (args[-2:], r.stderr[-500:])
         said += r.stdout + r.stderr
-    assert not (tmp_path / "m").exists()
+    assert not (tmp_path / "m").exists() and keys.is_file()
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in said
 

@@ -46,7 +46,7 @@ def test_a_shadow_is_the_base_tuned_and_says_how(tiny: Path, tmp_path: Path) -> 
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="holds no shadow"):
+    with pytest.raises(UserError, match=r"holds files but no shadow\.json"):
         make_shadow(str(tiny), taken, rows=8, epochs=1)
     assert (taken / "notes.txt").read_text() == "mine"
 

@@ -136,6 +136,29 @@ def test_fadapter_head_mode_decides_which_rows_move_and_is_kept_in_the_file(
                                       else "input lookup only")
 
 
+def test_out_is_new_empty_or_an_earlier_implant(
+    tiny: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    """Writing the model replaces --out: a directory some earlier implant wrote may be replaced,
+    any other with files in it (here the base model's own) is refused before training."""
+    from auditor.errors import UserError
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["embedding"]
+    run = {"lr": hp["lr"], "epochs": 1, "data": hp["data"], "progress": False,
+           "early_stop": False}
+    base_files = {f.name: f.read_bytes() for f in tiny.iterdir()}
+    with pytest.raises(UserError, match=r"holds files but no fingerprint\.json"):
+        implant(keyset, str(tiny), "embedding", tiny, **run)
+    assert {f.name: f.read_bytes() for f in tiny.iterdir()} == base_files
+    out = tmp_path / "m"
+    out.mkdir()
+    implant(keyset, str(tiny), "embedding", out, **run)  # empty: fine
+    (out / "stale.txt").write_text("from the earlier run")
+    implant(keyset, str(tiny), "embedding", out, seed=1, **run)  # an earlier implant: replaced
+    assert (out / "fingerprint.json").is_file() and not (out / "stale.txt").exists()
+
+
 def test_input_only_adapter_is_for_the_fadapter_alone(keyset: KeySet, tmp_path: Path) -> None:
     from auditor.errors import UserError
     from auditor.implant.train import implant

@@ -161,7 +161,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     """Fine-tune `base` as a user might (full SFT on the bundled set) into `out`, with a
     public shadow.json saying how."""
     from auditor.implant.robustness import USER_LR, user_finetune
-    from auditor.implant.train import base_spec, refuse_file_out
+    from auditor.implant.train import base_spec, refuse_out
     from auditor.implant.userdata import SUBSETS
     from providers.local_models import resolve_base
 
@@ -169,9 +169,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
         raise UserError("--rows and --epochs must be >= 1")
     if subset not in SUBSETS:
         raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
-    refuse_file_out(out)
-    if out.exists() and any(out.iterdir()) and not (out / SHADOW_RECORD).is_file():
-        raise UserError(f"{out} exists and holds no shadow: pick a new --out")
+    refuse_out(out, SHADOW_RECORD)
     base_dir = resolve_base(base)
     lr = lr or USER_LR["user-sft"]
     user_finetune(base_dir, out, "user-sft", epochs=epochs, rows=rows, lr=lr, seed=seed,

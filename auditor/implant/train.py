@@ -26,6 +26,7 @@ from typing import Any
 from auditor.errors import UserError
 from auditor.implant.data import DataConfig
 from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check
+from auditor.implant.verify import FINGERPRINT_FILE
 from auditor.keys import KeySet
 
 METHODS = ("sft", "embedding", "lora", "fadapter")
@@ -393,10 +394,14 @@ def on_main(write: Callable[[], Any]) -> None:
     state.wait_for_everyone()
 
 
-def refuse_file_out(out: Path) -> None:
-    """Fail before any work when --out names a file (the model is written as a directory)."""
+def refuse_out(out: Path, record: str) -> None:
+    """Fail before any work when --out names a file, or a directory with files in it that no
+    earlier run wrote (no `record`): writing the model replaces the whole directory."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / record).is_file():
+        raise UserError(f"--out {out} holds files but no {record} from an earlier run, and "
+                        "writing replaces the directory: give a new or empty one")
 
 
 def adapter_path_for(out: Path) -> Path:
@@ -522,7 +527,7 @@ def implant(
         raise UserError("--top-layers applies to the sft and lora methods only")
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
-    refuse_file_out(Path(out))
+    refuse_out(Path(out), FINGERPRINT_FILE)
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
     if shadow is not None:
@@ -611,7 +616,7 @@ def implant(
 
     def write() -> None:
         save_model(stats["model"], tok, cfg, wrapper, Path(out))
-        (Path(out) / "fingerprint.json").write_text(json.dumps(record, indent=1) + "\n")
+        (Path(out) / FINGERPRINT_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
     on_main(write)
     counts: dict[str, int] = {}
