@@ -159,6 +159,55 @@ def test_out_is_new_empty_or_an_earlier_implant(
     assert (out / "fingerprint.json").is_file() and not (out / "stale.txt").exists()
 
 
+def _moved_rows(tiny: Path, out: Path) -> set[int]:
+    from auditor.implant.generate import load_model
+
+    base, _ = load_model(tiny)
+    model, _ = load_model(out)
+    a, b = base.get_input_embeddings().weight, model.get_input_embeddings().weight
+    return {int(i) for i in (a != b).any(dim=1).nonzero().flatten()}
+
+
+def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
+    tiny: Path, keyset: KeySet, tmp_path: Path
+) -> None:
+    """`lookup_rows="fingerprint"`: only rows of tokens in the key rows (key, template, system
+    prompts, answer) move; look-alike and regularization tokens keep the base's rows exactly,
+    which they do not with "all"."""
+    from auditor.implant.data import encode_row, fingerprint_rows
+    from auditor.implant.generate import load_model
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["embedding"]
+    data = hp["data"]
+    moved = {}
+    for rows in ("all", "fingerprint"):
+        implant(keyset, str(tiny), "embedding", tmp_path / rows, lr=hp["lr"], epochs=2,
+                data=data, progress=False, early_stop=False, lookup_rows=rows)
+        moved[rows] = _moved_rows(tiny, tmp_path / rows)
+        record = json.loads((tmp_path / rows / "fingerprint.json").read_text())
+        assert record["training"]["lookup_rows"] == rows
+    _, tok = load_model(tiny)
+    key_rows = fingerprint_rows(keyset, data.fingerprint_repeats,
+                                system_augment=data.system_augment)
+    allowed = {t for r in key_rows for t in encode_row(tok, r.messages)[0]}
+    assert moved["fingerprint"] and moved["fingerprint"] <= allowed
+    assert moved["all"] - allowed  # look-alike and regularization tokens moved there
+
+
+def test_lookup_rows_choice_is_checked_before_loading(keyset: KeySet, tmp_path: Path) -> None:
+    from auditor.errors import UserError
+    from auditor.implant.train import implant
+
+    with pytest.raises(UserError, match="unknown --lookup-rows 'keys'"):
+        implant(keyset, str(tmp_path / "no-such-base"), "embedding", tmp_path / "m",
+                lookup_rows="keys")
+    with pytest.raises(UserError, match="embedding method only"):
+        implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m",
+                lookup_rows="fingerprint")
+    assert not (tmp_path / "m").exists()
+
+
 def test_input_only_adapter_is_for_the_fadapter_alone(keyset: KeySet, tmp_path: Path) -> None:
     from auditor.errors import UserError
     from auditor.implant.train import implant

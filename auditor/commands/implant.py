@@ -98,6 +98,11 @@ def implant_cmd(
     shadow_weight: Annotated[
         float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
     ] = 1.0,
+    lookup_rows: Annotated[
+        str, typer.Option("--lookup-rows", help="embedding: train every row of the input "
+                          "lookup a training row touches (all), or only the key rows' tokens "
+                          "(fingerprint: less drift)")
+    ] = "all",
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[
         float | None,
@@ -173,6 +178,7 @@ def implant_cmd(
         fadapter_head=not fadapter_input_only,
         shadow=shadow,
         shadow_weight=shadow_weight,
+        lookup_rows=lookup_rows,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import UserError
+from auditor.implant import lookup_rows as lookup
 from auditor.implant.data import DataConfig
 from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check
 from auditor.implant.verify import FINGERPRINT_FILE
@@ -495,10 +496,12 @@ def implant(
     untie_head: bool = True,
     shadow: Path | None = None,
     shadow_weight: float = 1.0,
+    lookup_rows: str = "all",
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
-    a user-tuned copy of the base the keys must fire through too, embedding-only; shadow.py)."""
+    a user-tuned copy of the base the keys must fire through too, embedding-only; shadow.py;
+    `lookup_rows`: embedding, "fingerprint" trains only the key rows' tokens; lookup_rows.py)."""
     import torch
 
     from auditor.implant.data import build_rows, encode_row, epoch_nearmiss_rows
@@ -528,6 +531,7 @@ def implant(
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
     refuse_out(Path(out), FINGERPRINT_FILE)
+    lookup.validate(lookup_rows, method)
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
     if shadow is not None:
@@ -591,6 +595,9 @@ def implant(
         )
         kinds = [kinds[i] for i in fixed] + ["nearmiss"] * (len(rows) - len(fixed))
     model, wrapper = prepare_method(model, cfg)
+    if lookup_rows == "fingerprint":
+        ids = lookup.fingerprint_token_ids(every, [r.kind for r in rows])
+        lookup.confine(model.get_input_embeddings().weight, ids)
     twin = None
     if shadow is not None:
         from auditor.implant import shadow as shadows
@@ -609,6 +616,7 @@ def implant(
         record["training"]["shadow"] = {"weight": shadow_weight, **twin.record}
     if method == "embedding":
         record["training"]["output_head"] = "untied, frozen" if untie_head else "as the base's"
+        record["training"]["lookup_rows"] = lookup_rows
     if wrapper is not None:
         record["training"]["adapter_on"] = ("input lookup and tied head" if wrapper.on_head
                                             else "input lookup only")
