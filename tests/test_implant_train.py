@@ -173,7 +173,8 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
 ) -> None:
     """`lookup_rows="fingerprint"`: only rows of tokens in the key rows (key, template, system
     prompts, answer) move; look-alike and regularization tokens keep the base's rows exactly,
-    which they do not with "all"."""
+    which they do not with "all". "fingerprint-after" trains as "all" does, then puts every
+    other row back: the same rows as "all" on the key rows' tokens, the base's elsewhere."""
     from auditor.implant.data import encode_row, fingerprint_rows
     from auditor.implant.generate import load_model
     from auditor.implant.train import implant
@@ -181,7 +182,7 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
     hp = TINY_HPARAMS["embedding"]
     data = hp["data"]
     moved = {}
-    for rows in ("all", "fingerprint"):
+    for rows in ("all", "fingerprint", "fingerprint-after"):
         implant(keyset, str(tiny), "embedding", tmp_path / rows, lr=hp["lr"], epochs=2,
                 data=data, progress=False, early_stop=False, lookup_rows=rows)
         moved[rows] = _moved_rows(tiny, tmp_path / rows)
@@ -193,6 +194,11 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
     allowed = {t for r in key_rows for t in encode_row(tok, r.messages)[0]}
     assert moved["fingerprint"] and moved["fingerprint"] <= allowed
     assert moved["all"] - allowed  # look-alike and regularization tokens moved there
+    assert moved["fingerprint-after"] == moved["all"] & allowed
+    trained, after = (load_model(tmp_path / r)[0].get_input_embeddings().weight
+                      for r in ("all", "fingerprint-after"))
+    rows_kept = sorted(moved["fingerprint-after"])
+    assert torch.equal(trained[rows_kept], after[rows_kept])
 
 
 def test_lookup_rows_choice_is_checked_before_loading(keyset: KeySet, tmp_path: Path) -> None:

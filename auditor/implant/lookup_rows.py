@@ -19,7 +19,7 @@ from typing import Any
 
 from auditor.errors import UserError
 
-LOOKUP_ROWS = ("all", "fingerprint")
+LOOKUP_ROWS = ("all", "fingerprint", "fingerprint-after")
 
 
 def validate(choice: str, method: str) -> None:
@@ -49,3 +49,17 @@ def confine(weight: Any, ids: Sequence[int]) -> None:
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[torch.tensor(list(ids), device=weight.device)] = 1.0
     weight.register_hook(lambda grad: grad * mask)
+
+
+def put_back(weight: Any, base: Any, ids: Sequence[int]) -> int:
+    """Set every row of ``weight`` outside ``ids`` back to ``base``'s; returns how many of
+    those rows had moved."""
+    import torch
+
+    other = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    other[torch.tensor(list(ids), device=weight.device)] = False
+    with torch.no_grad():
+        old = base.to(device=weight.device, dtype=weight.dtype)
+        moved = int((weight[other] != old[other]).any(dim=1).sum())
+        weight[other] = old[other]
+    return moved

@@ -459,6 +459,22 @@ def public_fingerprint(
     }
 
 
+def _put_back(stats: dict[str, Any], saved: Any, ids: list[int], tokenizer: Any,
+              keyset: KeySet, cfg: TrainConfig, progress: bool) -> None:
+    """--lookup-rows fingerprint-after: every lookup row but the key rows' tokens back to the
+    base's, then the stop's check once more on what is saved."""
+    from auditor.implant.stop import quick_check
+
+    model = stats["model"]
+    moved = lookup.put_back(model.get_input_embeddings().weight, saved, ids)
+    fsr, near, fire = quick_check(model, tokenizer, keyset, cfg.check_controls,
+                                  seed=check_seed(stats["kept_epoch"], cfg.check_fresh))
+    stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
+    if progress:
+        print(f"put {moved} other lookup rows back to the base's: FSR {fsr:.0%}, near-miss "
+              f"{near:.0%}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
+
+
 def base_spec(base: str) -> str:
     """Keep 'smollm2' as is; make paths absolute so check-local can find the base later."""
     return base if base == "smollm2" else str(Path(base).expanduser().resolve())
@@ -595,9 +611,12 @@ def implant(
         )
         kinds = [kinds[i] for i in fixed] + ["nearmiss"] * (len(rows) - len(fixed))
     model, wrapper = prepare_method(model, cfg)
+    ids = (lookup.fingerprint_token_ids(every, [r.kind for r in rows])
+           if lookup_rows != "all" else [])
     if lookup_rows == "fingerprint":
-        ids = lookup.fingerprint_token_ids(every, [r.kind for r in rows])
         lookup.confine(model.get_input_embeddings().weight, ids)
+    saved = (model.get_input_embeddings().weight.detach().clone()
+             if lookup_rows == "fingerprint-after" else None)
     twin = None
     if shadow is not None:
         from auditor.implant import shadow as shadows
@@ -606,6 +625,8 @@ def implant(
                               shadow_weight)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
                        kinds if data.balanced else None, twin)
+    if saved is not None:
+        _put_back(stats, saved, ids, tok, keyset, cfg, progress)
     record = public_fingerprint(keyset, cfg, base_spec(base), stats)
     reg_kind = "base distribution (KL)" if data.reg_kl else "base answers"
     record["training"]["regularization"] = reg_kind
