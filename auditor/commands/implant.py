@@ -99,11 +99,12 @@ def implant_cmd(
         float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
     ] = 1.0,
     lookup_rows: Annotated[
-        str, typer.Option("--lookup-rows", help="embedding: which rows of the input lookup "
-                          "the model changes: every row a training row touches (all), only the "
-                          "key rows' tokens (fingerprint: trained alone), or those after "
-                          "training all (fingerprint-after: the rest put back); less drift")
-    ] = "all",
+        str | None, typer.Option("--lookup-rows", help="embedding: which rows of the input lookup "
+                          "the model changes: only the key rows' tokens (fingerprint, the "
+                          "default: trained alone), those after training all (fingerprint-"
+                          "after: the rest put back), or every row a training row touches "
+                          "(all: more drift)")
+    ] = None,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[
         float | None,

@@ -1,13 +1,19 @@
-"""Embedding-only training confined to the fingerprint's own rows of the input lookup.
+"""Embedding-only: which rows of the input lookup the published model changes.
 
 Every token in a training row gets a gradient on its row of the lookup, and Adam turns even a
 tiny gradient into a step of about the learning rate. Trained on all rows, an embedding-only
 implant through a shadow moved 1,865 rows of SmolLM2's lookup, 1,712 of them tokens that only
 look-alike and regularization rows hold, and those carried most of its utility drift: putting
 them back to the base's left every key firing and cut the drift from +3.40 % to +1.21 %
-(README). With ``--lookup-rows fingerprint`` only the rows of tokens in the key rows move (the
-key text, the chat template and system prompts around it, the answer); every other row stays
-the base's, bit for bit.
+(README, "Shadow layers"). The fingerprint's rows are those of every token in the key rows:
+the key text, the chat template and system prompts around it, the answer.
+
+- ``all``: every row a training row touches may move (other methods: the only choice).
+- ``fingerprint`` (the embedding method's default): only the fingerprint's rows train (their
+  gradient alone is kept), so the stop's check sees the model that is saved.
+- ``fingerprint-after``: train as ``all``, then put every other row back to the base's.
+
+Either way every other row is the base's, bit for bit.
 
 torch is imported inside functions only.
 """
@@ -22,12 +28,16 @@ from auditor.errors import UserError
 LOOKUP_ROWS = ("all", "fingerprint", "fingerprint-after")
 
 
-def validate(choice: str, method: str) -> None:
-    """Fail before any loading on an unknown choice or one the method cannot use."""
+def resolve(choice: str | None, method: str) -> str:
+    """The method's default for None; fail before any loading on an unknown choice or one
+    the method cannot use."""
+    if choice is None:
+        return "fingerprint" if method == "embedding" else "all"
     if choice not in LOOKUP_ROWS:
         raise UserError(f"unknown --lookup-rows {choice!r} (known: {', '.join(LOOKUP_ROWS)})")
     if choice != "all" and method != "embedding":
         raise UserError("--lookup-rows applies to the embedding method only")
+    return choice
 
 
 def fingerprint_token_ids(encoded: Sequence[Any], kinds: Sequence[str]) -> list[int]:

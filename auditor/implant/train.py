@@ -512,12 +512,13 @@ def implant(
     untie_head: bool = True,
     shadow: Path | None = None,
     shadow_weight: float = 1.0,
-    lookup_rows: str = "all",
+    lookup_rows: str | None = None,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
     a user-tuned copy of the base the keys must fire through too, embedding-only; shadow.py;
-    `lookup_rows`: embedding, "fingerprint" trains only the key rows' tokens; lookup_rows.py)."""
+    `lookup_rows`: which rows of the input lookup embedding-only changes, by default only the
+    key rows' tokens; lookup_rows.py)."""
     import torch
 
     from auditor.implant.data import build_rows, encode_row, epoch_nearmiss_rows
@@ -547,7 +548,7 @@ def implant(
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
     refuse_out(Path(out), FINGERPRINT_FILE)
-    lookup.validate(lookup_rows, method)
+    lookup_rows = lookup.resolve(lookup_rows, method)
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
     if shadow is not None:
