@@ -465,3 +465,13 @@ def test_a_decision_weight_out_of_range_fails_before_loading(
         implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m",
                 decision_weight=weight)
     assert not (tmp_path / "m").exists()
+
+
+def test_fingerprint_rows_are_the_key_rows_tokens_and_never_none() -> None:
+    from auditor.errors import UserError
+    from auditor.implant.lookup_rows import fingerprint_token_ids
+
+    rows = [([5, 3, 5], [-100, 3, 5]), ([7, 8], [-100, 8]), ([3, 9], [-100, 9], None)]
+    assert fingerprint_token_ids(rows, ["fingerprint", "nearmiss", "fingerprint"]) == [3, 5, 9]
+    with pytest.raises(UserError, match="no fingerprint rows"):
+        fingerprint_token_ids(rows, ["nearmiss", "regularization", "nearmiss"])

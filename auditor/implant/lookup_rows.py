@@ -46,6 +46,8 @@ def fingerprint_token_ids(encoded: Sequence[Any], kinds: Sequence[str]) -> list[
     for row, kind in zip(encoded, kinds, strict=True):
         if kind == "fingerprint":
             ids.update(int(t) for t in row[0])
+    if not ids:
+        raise UserError("no fingerprint rows to train: the key rows encode to no tokens")
     return sorted(ids)
 
 
@@ -54,8 +56,6 @@ def confine(weight: Any, ids: Sequence[int]) -> None:
     rows then stay zero, so their updates are exactly zero (weight decay is off)."""
     import torch
 
-    if not ids:
-        raise UserError("no fingerprint rows to train: the key set encodes to no tokens")
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[torch.tensor(list(ids), device=weight.device)] = 1.0
     weight.register_hook(lambda grad: grad * mask)
