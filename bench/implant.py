@@ -73,7 +73,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "method": args.one,
         "implant": res.to_dict(),
         "wall_implant_s": time.monotonic() - t0,
+        "device": res.device,
     }
+    _save_partial(args.json_out, row)
     check = check_local(
         out,
         keyset,
@@ -85,6 +87,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     )
     row["check"] = check.to_dict()
     row["attacks"] = {}
+    _save_partial(args.json_out, row)
     for attack in [a for a in args.attacks.split(",") if a]:
         r = run_attack(
             out,
@@ -97,10 +100,27 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             work_dir=work,
         )
         row["attacks"][attack] = r.to_dict()
-    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row["device"] = res.device
+        _save_partial(args.json_out, row)
+    row["peak_rss_mb"] = _peak_rss_mb()
     row["peak_gpu_mb"] = _peak_gpu_mb()
     return row
+
+
+def _save_partial(path: Path | None, row: dict[str, Any]) -> None:
+    """Child: put this method's figures so far after the finished methods' in `path`, so
+    that a run killed mid-method (a device lease running out) keeps them; marked partial."""
+    if path is None:
+        return
+    done = json.loads(path.read_text()) if path.is_file() else []
+    done = [r for r in done if not r.get("partial")]
+    row = {**row, "partial": True, "peak_rss_mb": _peak_rss_mb(), "peak_gpu_mb": _peak_gpu_mb()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([*done, row], indent=1))
+    tmp.replace(path)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _peak_gpu_mb() -> float | None:
@@ -139,32 +159,41 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
     ):
         t.add_column(col)
     for r in rows:
-        if "error" in r:
+        if "implant" not in r:
             t.add_row(r["method"], f"error: {r['error']}")
             continue
-        imp, chk = r["implant"], r["check"]
+        imp, chk = r["implant"], r.get("check", {})
         cells = [
-            r["method"],
+            r["method"] + (f" ({r['error']}; what it finished)" if "error" in r else ""),
             "-" if imp["seconds_to_fsr100"] is None else f"{imp['seconds_to_fsr100']:.0f}",
             str(imp["steps"]),
             f"{imp.get('kept_epoch', 0)}/{imp['epochs']}",
             f"{r['peak_rss_mb']:.0f}",
             "-" if r.get("peak_gpu_mb") is None else f"{r['peak_gpu_mb']:.0f}",
-            _pct(chk["fsr_greedy"]),
-            _pct(chk["fsr_sampled"]),
+            _pct(chk.get("fsr_greedy")),
+            _pct(chk.get("fsr_sampled")),
             _pct(chk.get("fire_min")),
-            _pct(chk["nearmiss_false_trigger"]),
-            _pct(chk["ordinary_false_trigger"]),
-            "-" if chk["drift"] is None else f"{100 * chk['drift']:+.2f}%",
+            _pct(chk.get("nearmiss_false_trigger")),
+            _pct(chk.get("ordinary_false_trigger")),
+            "-" if chk.get("drift") is None else f"{100 * chk['drift']:+.2f}%",
             f"{_pct(chk.get('agreement'))} ({_pct(chk.get('agreement_base'))})",
         ]
         for a in attacks:
-            ar = r["attacks"].get(a)
+            ar = r.get("attacks", {}).get(a)
             cell = "-" if ar is None else ("skipped" if ar["skipped"] else _pct(ar["fsr"]))
             owned = ar["detail"].get("fsr_published_layers") if ar else None
             cells.append(cell if owned is None else f"{cell} ({_pct(owned)} published layers)")
         t.add_row(*cells)
     table_console().print(t)
+
+
+def _partial_row(path: Path | None, method: str) -> dict[str, Any]:
+    """What a failed child saved of `method` before it stopped ({} if nothing)."""
+    if path is None or not path.is_file():
+        return {}
+    saved = [r for r in json.loads(path.read_text())
+             if r.get("partial") and r.get("method") == method]
+    return {k: v for k, v in saved[-1].items() if k != "method"} if saved else {}
 
 
 def main() -> None:
@@ -225,7 +254,9 @@ def main() -> None:
         print(json.dumps(run_one(args)))
         return
     print(f"machine: {machine()}")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if args.json_out:
+        args.json_out.write_text("[]")  # not an earlier run's figures
     with tempfile.TemporaryDirectory(prefix="bench-implant-") as work:
         for method in args.methods.split(","):
             cmd = [
@@ -238,7 +269,7 @@ def main() -> None:
                 *[
                     f"--{k.replace('_', '-')}={v}"
                     for k, v in vars(args).items()
-                    if k not in (*FLAGS, *CHOICES, "one", "work", "json_out", "methods")
+                    if k not in (*FLAGS, *CHOICES, "one", "work", "methods")
                     and v is not None
                 ],
                 *[f"--{k.replace('_', '-')}" for k in FLAGS if getattr(args, k)],
@@ -251,7 +282,8 @@ def main() -> None:
             rows.append(
                 json.loads(lines[-1])
                 if proc.returncode == 0 and lines
-                else {"method": method, "error": f"exit {proc.returncode}"}
+                else {"method": method, "error": f"exit {proc.returncode}",
+                      **_partial_row(args.json_out, method)}
             )
             print_table(rows, [a for a in args.attacks.split(",") if a])
             if args.json_out:  # after each method, so a run cut short keeps what it finished
