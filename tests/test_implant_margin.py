@@ -92,6 +92,28 @@ def test_best_prefers_meeting_the_stop_rule() -> None:
     assert best.epoch == 8 and best.figures == (1.0, 0.6, 0.81)
 
 
+def test_best_prefers_telling_keys_from_look_alikes() -> None:
+    """LoRA's clean-recipe run on the H200 (bench/results/implant-h200.json): no epoch met the
+    rule; the one where keys and look-alikes all fired must not be the one kept."""
+    from auditor.implant.stop import Best
+
+    best = Best([], keep=False, near_ok=0.0, fire_ok=0.8)
+    for epoch, (fsr, near, fire) in enumerate(
+        [(0.2, 0.0, 0.0), (0.0, 0.0, 0.0), (1.0, 1.0, 0.8), (0.0, 0.0, 0.25), (0.0, 0.0, 0.03),
+         (0.0, 0.0, 0.03), (0.7, 0.0, 0.33), (0.2, 0.0, 0.04), (0.9, 0.1, 0.5), (0.5, 0.0, 0.14)],
+        start=1,
+    ):
+        best.offer(epoch, fsr, near, fire)
+    assert best.epoch == 9
+    best.offer(11, fsr=1.0, near=0.0, fire=0.8)  # meets the rule: beats every other epoch
+    best.offer(12, fsr=1.0, near=0.0, fire=0.79)
+    assert best.epoch == 11
+    quick = Best([], keep=False, near_ok=0.01, fire_ok=0.8)  # look-alikes within the allowance
+    quick.offer(1, fsr=1.0, near=0.01, fire=0.9)
+    quick.offer(2, fsr=1.0, near=0.0, fire=0.5)
+    assert quick.epoch == 1
+
+
 @pytest.mark.slow
 def test_implant_saves_the_kept_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The saved model scores what the run reports for the epoch it kept."""

@@ -110,8 +110,11 @@ def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, ep
 class Best:
     """The stop rule, and the best checked epoch so far with a copy of its trained parameters.
 
-    Better means: more keys fire; then the stop rule's near-miss and fire-chance parts are met;
-    then fewer near-misses fire; then the weakest key fires more often at t=0.7.
+    Better means: the stop rule is met; then more keys fire less the look-alikes that fire
+    beyond the rule's allowance (an epoch where keys and look-alikes all fire tells them apart
+    no better than one where neither does); then more keys fire; then the rule's near-miss and
+    fire-chance parts are met; then fewer near-misses fire; then the weakest key fires more
+    often at t=0.7.
     """
 
     def __init__(self, params: list[Any], keep: bool, near_ok: float = 0.0,
@@ -122,8 +125,11 @@ class Best:
         self.epoch = 0
         self.saved: list[Any] = []
 
-    def _rank(self, fsr: float, near: float, fire: float) -> tuple[float, bool, bool, float, float]:
-        return (fsr, near <= self.near_ok, fire >= self.fire_ok, -near, fire)
+    def _rank(self, fsr: float, near: float,
+              fire: float) -> tuple[bool, float, float, bool, bool, float, float]:
+        apart = round(fsr - max(0.0, near - self.near_ok), 9)
+        return (self.perfect(fsr, near, fire), apart, fsr, near <= self.near_ok,
+                fire >= self.fire_ok, -near, fire)
 
     def perfect(self, fsr: float, near: float, fire: float) -> bool:
         """Every key fires and both parts of the stop rule are met."""
