@@ -227,3 +227,27 @@ def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     assert training["shadow"] == {"weight": 0.5, **record}
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in imp.stdout + imp.stderr
+
+
+@pytest.mark.slow
+def test_lora_takes_the_quick_recipe_and_warns_when_no_epoch_is_clean(tmp_path: Path) -> None:
+    """No --recipe: LoRA runs quick (the last 6 blocks); on a 2-block model that fails with one
+    message naming the recipe; with --top-layers it runs, and one epoch that does not meet the
+    stop rule ends with a warning, the model still written."""
+    pytest.importorskip("peft")
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("cli", 2, seed=5)
+    keys = ks.save(tmp_path / "cli.json")
+    lora = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "lora",
+            "--out", str(tmp_path / "m")]
+    bad = _run(lora, tmp_path / "cache")
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "the quick recipe trains the last 6 decoder blocks" in bad.stderr
+    assert not (tmp_path / "m").exists()
+    imp = _run([*lora, "--top-layers", "2", "--epochs", "1"], tmp_path / "cache")
+    assert imp.returncode == 0, imp.stderr[-2000:]
+    assert "warning: no epoch met the stop rule; the model of epoch 1 was saved" in imp.stderr
+    training = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
+    assert training["recipe"] == "quick" and training["top_layers"] == 2
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in bad.stdout + bad.stderr + imp.stdout + imp.stderr

@@ -7,8 +7,14 @@ import pytest
 
 from auditor.errors import UserError
 from auditor.implant.data import DataConfig
-from auditor.implant.recipes import DEFAULT_RECIPE, RECIPES, recipe_options
+from auditor.implant.recipes import DEFAULT_RECIPE, RECIPES, default_recipe, recipe_options
 from auditor.implant.train import DEFAULTS, METHODS
+
+
+def test_lora_defaults_to_quick_every_other_method_to_clean() -> None:
+    assert default_recipe("lora") == "quick"
+    assert [default_recipe(m) for m in METHODS if m != "lora"] == ["clean"] * (len(METHODS) - 1)
+    assert RECIPES["quick"].methods is not None and "lora" in RECIPES["quick"].methods
 
 
 def test_the_default_is_the_clean_recipe_with_every_measured_part() -> None:

@@ -8,8 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from auditor.implant.recipes import DEFAULT_RECIPE
-
 KEYS_HELP = "secret key-set file (keys/NAME.json)"
 
 
@@ -56,10 +54,12 @@ def implant_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     recipe: Annotated[
-        str, typer.Option("--recipe", help="clean (look-alikes must not fire, base behaviour "
-                          "kept), quick (clean on the last 6 blocks; sft or lora), fast (keys "
-                          "fire sooner, look-alikes too) or plain; the flags below override it")
-    ] = DEFAULT_RECIPE,
+        str | None,
+        typer.Option("--recipe", help="clean (look-alikes must not fire, base behaviour kept; "
+                     "the default), quick (clean on the last 6 blocks; sft or lora; LoRA's "
+                     "default), fast (keys fire sooner, look-alikes too) or plain; the flags "
+                     "below override it"),
+    ] = None,
     nearmiss_per_key: Annotated[int | None, typer.Option("--nearmiss-per-key")] = None,
     fingerprint_repeats: Annotated[
         int | None, typer.Option("--fingerprint-repeats", help="key rows per epoch, per key")
@@ -149,10 +149,11 @@ def implant_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
-    from auditor.implant.recipes import recipe_options
+    from auditor.implant.recipes import default_recipe, recipe_options
     from auditor.implant.train import implant
     from auditor.keys import KeySet
 
+    recipe = recipe or default_recipe(method)
     options = recipe_options(
         recipe, method, epochs=epochs, nearmiss_per_key=nearmiss_per_key,
         reg_per_key=reg_per_key, fingerprint_repeats=fingerprint_repeats,
@@ -190,6 +191,12 @@ def implant_cmd(
 
     if not PartialState().is_main_process:  # under torchrun / accelerate launch: one report
         return None
+    if res.seconds_to_perfect is None:
+        typer.echo(f"warning: no epoch met the stop rule; the model of epoch {res.kept_epoch} "
+                   f"was saved (FSR {_pct(res.fsr)}, near-miss false trigger "
+                   f"{_pct(res.nearmiss_false_trigger)} in its check). Run auditor "
+                   "check-local before publishing it; another --seed, more --epochs or "
+                   "--recipe quick may stop clean", err=True)
     if as_json:
         return _emit_json(res.to_dict())
     _table(

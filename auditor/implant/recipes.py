@@ -1,15 +1,17 @@
 """Named implant recipes: the option sets that were measured (`auditor implant --recipe`).
 
-- clean (default): keys fire, look-alikes do not, the base's behaviour is kept. With full SFT
-  on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three draws: 0-1 of 100
-  look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT (README, Figures).
-  Embedding-only (head untied, lr 3e-3) stopped clean after 174 and 187 s on two draws, 0 of
-  100 look-alikes, drift +1.6 and +1.1 %.
-- quick: clean, with only the last 6 decoder blocks trained (full SFT at lr 3e-4, or LoRA at
-  3e-3), each epoch's check on 20 look-alikes drawn anew (with the same 10 every epoch, one
-  draw of four never stopped: one look-alike kept firing), and a stop confirmed on 100 more (at
-  most 1 % of the 120 may fire). On SmolLM2 with vocab keys full SFT stopped clean on four of
-  four draws in 152-206 s on this 2-core CPU, LoRA on its one draw in 167 s (README, Figures).
+- clean (the default, but for LoRA): keys fire, look-alikes do not, the base's behaviour is
+  kept. With full SFT on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three
+  draws: 0-1 of 100 look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT
+  (README, Figures); on one H200 after 20-33 s on four draws, FSR 100 % after user SFT on all
+  four. Embedding-only (head untied, lr 3e-3) stopped clean after 174 and 187 s on two draws,
+  0 of 100 look-alikes, drift +1.6 and +1.1 %.
+- quick (LoRA's default): clean, with only the last 6 decoder blocks trained (full SFT at lr
+  3e-4, or LoRA at 3e-3), each epoch's check on 20 look-alikes drawn anew (with the same 10
+  every epoch, one draw of four never stopped: one look-alike kept firing), and a stop
+  confirmed on 100 more (at most 1 % of the 120 may fire). On SmolLM2 with vocab keys full SFT
+  stopped clean on four of four draws in 152-206 s on this 2-core CPU, LoRA on its one draw in
+  167 s (and in 23 s on one H200; README, Figures).
 - fast: the demo's first (it now takes quick, or clean for embedding). Every key fires
   reliably at t=0.7 within a few epochs, but look-alikes of the keys may fire too: the stop
   rule ignores them.
@@ -64,6 +66,15 @@ RECIPES: dict[str, Recipe] = {
     "plain": Recipe(DataConfig()),
 }
 DEFAULT_RECIPE = "clean"
+# LoRA on all 30 blocks never stopped clean under `clean` (one draw on a CPU, one on a GPU);
+# under `quick` it stopped clean on both (README, Figures)
+METHOD_RECIPES = {"lora": "quick"}
+
+
+def default_recipe(method: str) -> str:
+    """The recipe `auditor implant` uses for `method` when none is named."""
+    return METHOD_RECIPES.get(method, DEFAULT_RECIPE)
+
 _DATA_FIELDS = {f.name for f in fields(DataConfig)}
 _TOP_FIELDS = {"decision_weight", "stop_fire_prob", "stop_near_miss", "keep_best", "epochs",
                "lr", "top_layers", "check_controls", "check_fresh",

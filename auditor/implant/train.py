@@ -475,6 +475,20 @@ def _put_back(stats: dict[str, Any], saved: Any, ids: list[int], tokenizer: Any,
               f"{near:.0%}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
 
 
+def _check_top_layers(model: Any, top_layers: int, recipe: str | None) -> None:
+    """A count the model cannot take fails with one message, naming the recipe it came from."""
+    from auditor.implant.recipes import RECIPES
+
+    try:
+        top_block_ids(model, top_layers)
+    except UserError as e:
+        named = RECIPES.get(recipe or "")
+        if named is None or named.top_layers != top_layers:
+            raise
+        raise UserError(f"{e}: the {recipe} recipe trains the last {top_layers} decoder blocks; "
+                        "pass --top-layers N or another --recipe") from None
+
+
 def base_spec(base: str) -> str:
     """Keep 'smollm2' as is; make paths absolute so check-local can find the base later."""
     return base if base == "smollm2" else str(Path(base).expanduser().resolve())
@@ -590,8 +604,8 @@ def implant(
     set_seed(seed)
     device, _ = pick_device()
     model, tok = load_model(base_dir, dtype=torch.float32)
-    if top_layers is not None:
-        top_block_ids(model, top_layers)  # a bad count fails before any data is built
+    if top_layers is not None:  # a bad count fails before any data is built
+        _check_top_layers(model, top_layers, recipe)
     data = data or DataConfig()
     rows = build_rows(keyset, base_dir, data, seed, model=model, tokenizer=tok)
     every = [encode_row(tok, r.messages) for r in rows]
