@@ -192,11 +192,12 @@ def implant_cmd(
     if not PartialState().is_main_process:  # under torchrun / accelerate launch: one report
         return None
     if res.seconds_to_perfect is None:
+        quick = " or --recipe quick" if recipe != "quick" and method in ("sft", "lora") else ""
         typer.echo(f"warning: no epoch met the stop rule; the model of epoch {res.kept_epoch} "
                    f"was saved (FSR {_pct(res.fsr)}, near-miss false trigger "
                    f"{_pct(res.nearmiss_false_trigger)} in its check). Run auditor "
-                   "check-local before publishing it; another --seed, more --epochs or "
-                   "--recipe quick may stop clean", err=True)
+                   f"check-local before publishing it; another --seed, more --epochs{quick} "
+                   "may stop clean", err=True)
     if as_json:
         return _emit_json(res.to_dict())
     _table(
