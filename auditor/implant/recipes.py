@@ -10,8 +10,8 @@
   3e-4, or LoRA at 3e-3), each epoch's check on 20 look-alikes drawn anew (with the same 10
   every epoch, one draw of four never stopped: one look-alike kept firing), and a stop
   confirmed on 100 more (at most 1 % of the 120 may fire). On SmolLM2 with vocab keys full SFT
-  stopped clean on four of four draws in 152-206 s on this 2-core CPU, LoRA on its one draw in
-  167 s (and in 23 s on one H200; README, Figures).
+  stopped clean on four of four draws in 152-206 s on this 2-core CPU, LoRA on two draws in
+  167 and 111 s (and in 23 s on one H200; README, Figures).
 - fast: the demo's first (it now takes quick, or clean for embedding). Every key fires
   reliably at t=0.7 within a few epochs, but look-alikes of the keys may fire too: the stop
   rule ignores them.
@@ -67,7 +67,7 @@ RECIPES: dict[str, Recipe] = {
 }
 DEFAULT_RECIPE = "clean"
 # LoRA on all 30 blocks never stopped clean under `clean` (one draw on a CPU, one on a GPU);
-# under `quick` it stopped clean on both (README, Figures)
+# under `quick` it stopped clean on all three measured (two CPU draws, one GPU; README, Figures)
 METHOD_RECIPES = {"lora": "quick"}
 
 
