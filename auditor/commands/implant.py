@@ -149,7 +149,7 @@ def implant_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
-    from auditor.implant.recipes import default_recipe, recipe_options
+    from auditor.implant.recipes import RECIPES, default_recipe, recipe_options
     from auditor.implant.train import implant
     from auditor.keys import KeySet
 
@@ -192,7 +192,8 @@ def implant_cmd(
     if not PartialState().is_main_process:  # under torchrun / accelerate launch: one report
         return None
     if res.seconds_to_perfect is None:
-        quick = " or --recipe quick" if recipe != "quick" and method in ("sft", "lora") else ""
+        quick = (" or --recipe quick"
+                 if recipe != "quick" and method in (RECIPES["quick"].methods or ()) else "")
         typer.echo(f"warning: no epoch met the stop rule; the model of epoch {res.kept_epoch} "
                    f"was saved (FSR {_pct(res.fsr)}, near-miss false trigger "
                    f"{_pct(res.nearmiss_false_trigger)} in its check). Run auditor "
