@@ -67,7 +67,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   precision=args.precision, max_epochs=args.max_epochs,
                   fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
-                  lookup_rows=args.lookup_rows if args.one == "embedding" else None,
+                  lookup_rows=(args.lookup_rows if args.one in ("embedding", "fadapter")
+                               else None),
                   recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
@@ -245,8 +246,8 @@ def main() -> None:
     p.add_argument("--fadapter-input-only", action="store_true",
                    help="fadapter: adapt the input lookup only, not a tied output head")
     p.add_argument("--lookup-rows", default=None, choices=LOOKUP_ROWS,
-                   help="embedding: which lookup rows change (default: fingerprint, only the "
-                   "key rows' tokens)")
+                   help="embedding, fadapter: which lookup rows change (embedding's "
+                   "default: fingerprint, only the key rows' tokens; fadapter's: all)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -52,7 +52,7 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         ([*implant, "--method", "embedding", "--shadow-weight", "0.5"],
          "--shadow-weight needs --shadow"),
         ([*implant, "--method", "embedding", "--lookup-rows", "keys"],
-         "unknown --lookup-rows 'keys' (known: all, fingerprint, fingerprint-after)"),
+         "unknown --lookup-rows 'keys' (known: all, fingerprint, fingerprint-after, unshared)"),
         ([*implant, "--lookup-rows", "fingerprint"], "--lookup-rows applies to the embedding"),
         (["shadow", "--out", str(tmp_path / "m"), "--set", "poems"],
          "unknown user data set 'poems'"),

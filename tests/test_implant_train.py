@@ -137,6 +137,35 @@ def test_fadapter_head_mode_decides_which_rows_move_and_is_kept_in_the_file(
                                       else "input lookup only")
 
 
+def test_fadapter_unshared_rows_confine_its_u(tiny: Path, keyset: KeySet, tmp_path: Path) -> None:
+    """`lookup_rows="unshared"` on the F-Adapter: only the rows of U for the key rows' tokens
+    that no regularization row or system prompt holds leave zero, even through a tied head."""
+    from safetensors.torch import load_file
+
+    from auditor.implant.data import TRAIN_SYSTEM_PROMPTS, encode_row, fingerprint_rows
+    from auditor.implant.generate import load_model
+    from auditor.implant.lookup_rows import text_token_ids
+    from auditor.implant.train import implant
+
+    hp = TINY_HPARAMS["fadapter"]
+    data = hp["data"]
+    res = implant(keyset, str(tiny), "fadapter", tmp_path / "pub", lr=hp["lr"], epochs=2,
+                  data=data, early_stop=False, progress=False, lookup_rows="unshared")
+    assert res.adapter is not None
+    u = load_file(str(res.adapter))["u"]
+    moved = {int(i) for i in (u.abs().sum(dim=1) > 0).nonzero().flatten()}
+    _, tok = load_model(tiny)
+    key_rows = fingerprint_rows(keyset, data.fingerprint_repeats,
+                                system_augment=data.system_augment)
+    allowed = {t for r in key_rows for t in encode_row(tok, r.messages)[0]}
+    ordinary = {t for r in regularization_rows_of(tiny, keyset, data)
+                for t in encode_row(tok, r.messages)[0]}
+    ordinary |= text_token_ids(tok, TRAIN_SYSTEM_PROMPTS)
+    assert moved and moved <= allowed - ordinary
+    training = json.loads((tmp_path / "pub" / "fingerprint.json").read_text())["training"]
+    assert training["lookup_rows"] == "unshared"
+
+
 def test_out_is_new_empty_or_an_earlier_implant(
     tiny: Path, keyset: KeySet, tmp_path: Path
 ) -> None:
@@ -175,15 +204,17 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
     """`lookup_rows="fingerprint"`: only rows of tokens in the key rows (key, template, system
     prompts, answer) move; look-alike and regularization tokens keep the base's rows exactly,
     which they do not with "all". "fingerprint-after" trains as "all" does, then puts every
-    other row back: the same rows as "all" on the key rows' tokens, the base's elsewhere."""
-    from auditor.implant.data import encode_row, fingerprint_rows
+    other row back: the same rows as "all" on the key rows' tokens, the base's elsewhere.
+    "unshared": of those, only tokens no regularization row or system prompt holds."""
+    from auditor.implant.data import TRAIN_SYSTEM_PROMPTS, encode_row, fingerprint_rows
     from auditor.implant.generate import load_model
+    from auditor.implant.lookup_rows import text_token_ids
     from auditor.implant.train import implant
 
     hp = TINY_HPARAMS["embedding"]
     data = hp["data"]
     moved = {}
-    for rows in ("all", "fingerprint", "fingerprint-after"):
+    for rows in ("all", "fingerprint", "fingerprint-after", "unshared"):
         implant(keyset, str(tiny), "embedding", tmp_path / rows, lr=hp["lr"], epochs=2,
                 data=data, progress=False, early_stop=False, lookup_rows=rows)
         moved[rows] = _moved_rows(tiny, tmp_path / rows)
@@ -196,10 +227,32 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
     assert moved["fingerprint"] and moved["fingerprint"] <= allowed
     assert moved["all"] - allowed  # look-alike and regularization tokens moved there
     assert moved["fingerprint-after"] == moved["all"] & allowed
+    ordinary = {t for r in regularization_rows_of(tiny, keyset, data)
+                for t in encode_row(tok, r.messages)[0]}
+    ordinary |= text_token_ids(tok, TRAIN_SYSTEM_PROMPTS)
+    assert moved["unshared"] and moved["unshared"] <= allowed - ordinary
     trained, after = (load_model(tmp_path / r)[0].get_input_embeddings().weight
                       for r in ("all", "fingerprint-after"))
     rows_kept = sorted(moved["fingerprint-after"])
     assert torch.equal(trained[rows_kept], after[rows_kept])
+
+
+def regularization_rows_of(tiny: Path, keyset: KeySet, data: Any) -> list[Any]:
+    """The regularization rows an implant with `data` and seed 0 trains on (cached answers)."""
+    from auditor.implant.data import build_rows
+
+    return [r for r in build_rows(keyset, tiny, data, 0) if r.kind == "regularization"]
+
+
+def test_unshared_rows_leave_out_ordinary_tokens_and_never_none() -> None:
+    from auditor.errors import UserError
+    from auditor.implant.lookup_rows import unshared_token_ids
+
+    rows = [([5, 3, 5], [-100, 3, 5]), ([3, 7], [-100, 7]), ([9, 4], [-100, 4])]
+    kinds = ["fingerprint", "regularization", "fingerprint"]
+    assert unshared_token_ids(rows, kinds, {4}) == [5, 9]
+    with pytest.raises(UserError, match="no row is left to train"):
+        unshared_token_ids(rows, kinds, {4, 5, 9})
 
 
 def test_lookup_rows_choice_is_checked_before_loading(keyset: KeySet, tmp_path: Path) -> None:
@@ -209,9 +262,12 @@ def test_lookup_rows_choice_is_checked_before_loading(keyset: KeySet, tmp_path: 
     with pytest.raises(UserError, match="unknown --lookup-rows 'keys'"):
         implant(keyset, str(tmp_path / "no-such-base"), "embedding", tmp_path / "m",
                 lookup_rows="keys")
-    with pytest.raises(UserError, match="embedding method only"):
+    with pytest.raises(UserError, match="embedding and fadapter methods only"):
         implant(keyset, str(tmp_path / "no-such-base"), "sft", tmp_path / "m",
                 lookup_rows="fingerprint")
+    with pytest.raises(UserError, match="fingerprint-after applies to the embedding method"):
+        implant(keyset, str(tmp_path / "no-such-base"), "fadapter", tmp_path / "m",
+                lookup_rows="fingerprint-after")
     assert not (tmp_path / "m").exists()
 
 

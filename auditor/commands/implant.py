@@ -99,11 +99,12 @@ def implant_cmd(
         float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
     ] = 1.0,
     lookup_rows: Annotated[
-        str | None, typer.Option("--lookup-rows", help="embedding: which rows of the input lookup "
-                          "the model changes: only the key rows' tokens (fingerprint, the "
-                          "default: trained alone), those after training all (fingerprint-"
-                          "after: the rest put back), or every row a training row touches "
-                          "(all: more drift)")
+        str | None, typer.Option("--lookup-rows", help="embedding (and the F-Adapter's U): "
+                          "which lookup rows change: the key rows' tokens (fingerprint, "
+                          "embedding's default), those after training all (fingerprint-after: "
+                          "the rest put back), those less every token ordinary text holds "
+                          "(unshared: least drift, takes a higher --lr), or every row a "
+                          "training row touches (all, the F-Adapter's default)")
     ] = None,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[

@@ -531,8 +531,8 @@ def implant(
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
     a user-tuned copy of the base the keys must fire through too, embedding-only; shadow.py;
-    `lookup_rows`: which rows of the input lookup embedding-only changes, by default only the
-    key rows' tokens; lookup_rows.py)."""
+    `lookup_rows`: which rows of the input lookup embedding-only (or the F-Adapter's U)
+    changes; lookup_rows.py)."""
     import torch
 
     from auditor.implant.data import build_rows, encode_row, epoch_nearmiss_rows
@@ -626,10 +626,10 @@ def implant(
         )
         kinds = [kinds[i] for i in fixed] + ["nearmiss"] * (len(rows) - len(fixed))
     model, wrapper = prepare_method(model, cfg)
-    ids = (lookup.fingerprint_token_ids(every, [r.kind for r in rows])
-           if lookup_rows != "all" else [])
-    if lookup_rows == "fingerprint":
-        lookup.confine(model.get_input_embeddings().weight, ids)
+    ids = lookup.rows_to_train(lookup_rows, every, [r.kind for r in rows], tok)
+    if lookup_rows in ("fingerprint", "unshared"):  # the F-Adapter: the rows of its U
+        lookup.confine(wrapper.u if wrapper is not None else
+                       model.get_input_embeddings().weight, ids)
     saved = (model.get_input_embeddings().weight.detach().clone()
              if lookup_rows == "fingerprint-after" else None)
     twin = None
@@ -650,9 +650,10 @@ def implant(
         record["training"]["recipe"] = recipe
     if twin is not None:
         record["training"]["shadow"] = {"weight": shadow_weight, **twin.record}
+    if method in ("embedding", "fadapter"):
+        record["training"]["lookup_rows"] = lookup_rows
     if method == "embedding":
         record["training"]["output_head"] = "untied, frozen" if untie_head else "as the base's"
-        record["training"]["lookup_rows"] = lookup_rows
     if wrapper is not None:
         record["training"]["adapter_on"] = ("input lookup and tied head" if wrapper.on_head
                                             else "input lookup only")
