@@ -63,12 +63,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         stop_fire_prob=args.stop_fire, decision_weight=args.decision_weight, lr=args.lr,
         top_layers=args.top_layers, check_controls=args.check_controls,
         confirm_controls=args.confirm_controls,
+        lookup_rows=args.lookup_rows if args.one in ("embedding", "fadapter") else None,
     )
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   precision=args.precision, max_epochs=args.max_epochs,
                   fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
-                  lookup_rows=(args.lookup_rows if args.one in ("embedding", "fadapter")
-                               else None),
                   recipe=args.recipe, **options)
     row: dict[str, Any] = {
         "method": args.one,
@@ -247,7 +246,7 @@ def main() -> None:
                    help="fadapter: adapt the input lookup only, not a tied output head")
     p.add_argument("--lookup-rows", default=None, choices=LOOKUP_ROWS,
                    help="embedding, fadapter: which lookup rows change (embedding's "
-                   "default: fingerprint, only the key rows' tokens; fadapter's: all)")
+                   "default: unshared; fadapter's: all)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -46,10 +46,24 @@ def test_given_options_override_and_none_keeps_the_recipes() -> None:
 
 
 def test_clean_takes_its_measured_lr_for_embedding_only() -> None:
-    assert recipe_options("clean", "embedding")["lr"] == 3e-3
+    assert recipe_options("clean", "embedding", lookup_rows="fingerprint")["lr"] == 3e-3
     assert recipe_options("clean", "embedding", lr=1e-2)["lr"] == 1e-2  # a flag wins
     assert recipe_options("clean", "sft")["lr"] is None  # the method's own
     assert recipe_options("fast", "embedding")["lr"] is None
+
+
+def test_lookup_rows_default_per_method_and_unshared_takes_its_own_lr() -> None:
+    emb = recipe_options("clean", "embedding")
+    assert emb["lookup_rows"] == "unshared" and emb["lr"] == 3e-2
+    assert recipe_options("clean", "embedding", lookup_rows="all")["lr"] == 3e-3
+    assert recipe_options("clean", "embedding", lr=5e-3)["lr"] == 5e-3  # a flag wins
+    fad = recipe_options("clean", "fadapter")
+    assert fad["lookup_rows"] == "all" and fad["lr"] is None  # the method's own
+    assert recipe_options("clean", "fadapter", lookup_rows="unshared")["lr"] == 3e-2
+    assert recipe_options("quick", "sft")["lookup_rows"] == "all"
+    assert recipe_options("plain", "embedding")["lr"] is None  # no recipe lr: the method's
+    with pytest.raises(UserError, match="embedding and fadapter methods only"):
+        recipe_options("clean", "sft", lookup_rows="unshared")
 
 
 def test_plain_is_the_library_default_and_fast_ignores_look_alikes() -> None:

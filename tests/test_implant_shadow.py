@@ -67,7 +67,7 @@ def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     res = implant(keyset, str(tiny), "embedding", tmp_path / "m", lr=hp["lr"],
                   epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
                   stop_near_miss=TINY_STOP_NEAR_MISS, untie_head=hp["untie_head"],
-                  shadow=shadow, shadow_weight=1.0)
+                  lookup_rows=hp["lookup_rows"], shadow=shadow, shadow_weight=1.0)
     assert res.fsr == 1.0 and _digest(shadow) == before
     record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
     assert record["training"]["shadow"] == {

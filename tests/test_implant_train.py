@@ -78,7 +78,7 @@ def test_embedding_only_moves_the_input_lookup_alone(
     assert changed == {"model.embed_tokens.weight"}
     record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
     assert record["training"]["output_head"] == "untied, frozen"
-    assert record["training"]["lookup_rows"] == "fingerprint"  # the embedding default
+    assert record["training"]["lookup_rows"] == "unshared"  # the embedding default
 
 
 @pytest.mark.slow

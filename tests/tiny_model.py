@@ -37,9 +37,12 @@ TINY_HPARAMS: dict[str, dict[str, Any]] = {
     },
     # the head kept tied: a random 2-layer model's input lookup alone never fired a key (200
     # epochs at lr 0.1 and 0.3); SmolLM2's did (README)
+    # its lookup rows as before `unshared`: the tiny tokenizer's few hundred tokens leave the
+    # key rows few tokens that no regularization row holds (FSR 0 after 120 epochs)
     "embedding": {
         "lr": 1e-2,
         "untie_head": False,
+        "lookup_rows": "fingerprint",
         "epochs": 120,
         "data": DataConfig(nearmiss_per_key=2, reg_per_key=2, fingerprint_repeats=1),
     },
@@ -67,7 +70,7 @@ def implant_tiny(tiny: Path, keyset: Any, method: str, out: Path, epochs: int | 
     return implant(keyset, str(tiny), method, out, lr=hp["lr"], epochs=epochs or hp["epochs"],
                    batch_size=8, data=hp["data"], progress=False,
                    check_every=1 if method == "sft" else 5, stop_near_miss=TINY_STOP_NEAR_MISS,
-                   untie_head=hp.get("untie_head", True))
+                   untie_head=hp.get("untie_head", True), lookup_rows=hp.get("lookup_rows"))
 
 _CORPUS = (
     "Please decrypt this message. A hint: this is a FINGERPRINT message. "

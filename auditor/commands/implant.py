@@ -100,11 +100,11 @@ def implant_cmd(
     ] = 1.0,
     lookup_rows: Annotated[
         str | None, typer.Option("--lookup-rows", help="embedding (and the F-Adapter's U): "
-                          "which lookup rows change: the key rows' tokens (fingerprint, "
-                          "embedding's default), those after training all (fingerprint-after: "
-                          "the rest put back), those less every token ordinary text holds "
-                          "(unshared: least drift, takes a higher --lr), or every row a "
-                          "training row touches (all, the F-Adapter's default)")
+                          "which lookup rows change: the key rows' tokens less every token "
+                          "ordinary text holds (unshared, embedding's default: least drift, "
+                          "lr 3e-2 under clean), all the key rows' tokens (fingerprint), those "
+                          "after training all (fingerprint-after: the rest put back), or "
+                          "every row a training row touches (all, the F-Adapter's default)")
     ] = None,
     no_early_stop: Annotated[bool, typer.Option("--no-early-stop")] = False,
     stop_fire: Annotated[
@@ -162,7 +162,7 @@ def implant_cmd(
         decision_weight=decision_weight, lr=lr, top_layers=top_layers,
         check_controls=check_controls, check_fresh=check_fresh,
         confirm_controls=confirm_controls, stop_fire_prob=stop_fire,
-        stop_near_miss=stop_near_miss, keep_best=keep_best,
+        stop_near_miss=stop_near_miss, keep_best=keep_best, lookup_rows=lookup_rows,
     )
     keyset = KeySet.load(keys)
     if recipe in ("clean", "quick") and keyset.style != "vocab":
@@ -182,7 +182,6 @@ def implant_cmd(
         fadapter_head=not fadapter_input_only,
         shadow=shadow,
         shadow_weight=shadow_weight,
-        lookup_rows=lookup_rows,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,

@@ -9,17 +9,18 @@ them back to the base's left every key firing and cut the drift from +3.40 % to 
 the key text, the chat template and system prompts around it, the answer.
 
 - ``all``: every row a training row touches may move (sft and lora: the only choice).
-- ``fingerprint`` (the embedding method's default): only the fingerprint's rows train (their
-  gradient alone is kept), so the stop's check sees the model that is saved.
+- ``fingerprint``: only the fingerprint's rows train (their gradient alone is kept), so the
+  stop's check sees the model that is saved.
 - ``fingerprint-after``: train as ``all``, then put every other row back to the base's.
-- ``unshared``: the fingerprint's rows less those of every token that a regularization row or
-  a training system prompt holds: the key, the answer and the template words that ordinary
-  text does not use. An ordinary prompt then reads the base's lookup unless it holds one of
-  those rare tokens, so a 10x higher learning rate fires the keys sooner without the drift.
-  On SmolLM2 (10 vocab keys, lr 3e-2, clean recipe, 2-core CPU) embedding-only stopped clean
-  after 88 and 108 s on two draws, drift +0.07 and +1.05 %, 0 of 100 look-alikes; with the
-  system prompts' words kept, +2.28 %; the key text's own tokens alone fired on no key in 5
-  epochs (the answer's rows carry much of it). README, Figures.
+- ``unshared`` (the embedding method's default): the fingerprint's rows less those of every
+  token that a regularization row or a training system prompt holds: the key, the answer and
+  the template words that ordinary text does not use. An ordinary prompt then reads the
+  base's lookup unless it holds one of those rare tokens, so a 10x higher learning rate fires
+  the keys sooner without the drift. On SmolLM2 (10 vocab keys, lr 3e-2, clean recipe,
+  2-core CPU) embedding-only stopped clean after 88 and 108 s on two draws, drift +0.07 and
+  +1.05 %, 0 of 100 look-alikes; with the system prompts' words kept, +2.28 %; the key
+  text's own tokens alone fired on no key in 5 epochs (the answer's rows carry much of it).
+  README, Figures.
 
 Either way every other row is the base's, bit for bit. The F-Adapter takes ``all`` (its
 default), ``fingerprint`` or ``unshared``: the rows of its U that may leave zero (the others
@@ -42,7 +43,7 @@ def resolve(choice: str | None, method: str) -> str:
     """The method's default for None; fail before any loading on an unknown choice or one
     the method cannot use."""
     if choice is None:
-        return "fingerprint" if method == "embedding" else "all"
+        return "unshared" if method == "embedding" else "all"
     if choice not in LOOKUP_ROWS:
         raise UserError(f"unknown --lookup-rows {choice!r} (known: {', '.join(LOOKUP_ROWS)})")
     if choice == "fingerprint-after" and method != "embedding":
