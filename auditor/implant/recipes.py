@@ -4,8 +4,9 @@
   kept. With full SFT on SmolLM2 and vocab keys it stopped clean after 8-10 epochs on three
   draws: 0-1 of 100 look-alikes fired, utility drift +0.8 to +1.8 %, FSR 100 % after user SFT
   (README, Figures); on one H200 after 20-33 s on four draws, FSR 100 % after user SFT on all
-  four. Embedding-only (head untied, lr 3e-3) stopped clean after 174 and 187 s on two draws,
-  0 of 100 look-alikes, drift +1.6 and +1.1 %.
+  four. Embedding-only (head untied) on its default lookup rows (unshared, lr 3e-2) stopped
+  clean after 88 and 108 s on two draws, 0 of 100 look-alikes, drift +0.07 and +1.05 %; on
+  every key row's token (lr 3e-3) after 174 and 187 s, drift +1.6 and +1.1 %.
 - quick (LoRA's default): clean, with only the last 6 decoder blocks trained (full SFT at lr
   3e-4, or LoRA at 3e-3), each epoch's check on 20 look-alikes drawn anew (with the same 10
   every epoch, one draw of four never stopped: one look-alike kept firing), and a stop
