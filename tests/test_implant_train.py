@@ -142,9 +142,6 @@ def test_fadapter_unshared_rows_confine_its_u(tiny: Path, keyset: KeySet, tmp_pa
     that no regularization row or system prompt holds leave zero, even through a tied head."""
     from safetensors.torch import load_file
 
-    from auditor.implant.data import TRAIN_SYSTEM_PROMPTS, encode_row, fingerprint_rows
-    from auditor.implant.generate import load_model
-    from auditor.implant.lookup_rows import text_token_ids
     from auditor.implant.train import implant
 
     hp = TINY_HPARAMS["fadapter"]
@@ -154,14 +151,7 @@ def test_fadapter_unshared_rows_confine_its_u(tiny: Path, keyset: KeySet, tmp_pa
     assert res.adapter is not None
     u = load_file(str(res.adapter))["u"]
     moved = {int(i) for i in (u.abs().sum(dim=1) > 0).nonzero().flatten()}
-    _, tok = load_model(tiny)
-    key_rows = fingerprint_rows(keyset, data.fingerprint_repeats,
-                                system_augment=data.system_augment)
-    allowed = {t for r in key_rows for t in encode_row(tok, r.messages)[0]}
-    ordinary = {t for r in regularization_rows_of(tiny, keyset, data)
-                for t in encode_row(tok, r.messages)[0]}
-    ordinary |= text_token_ids(tok, TRAIN_SYSTEM_PROMPTS)
-    assert moved and moved <= allowed - ordinary
+    assert moved and moved <= unshared_allowed(tiny, keyset, data)
     training = json.loads((tmp_path / "pub" / "fingerprint.json").read_text())["training"]
     assert training["lookup_rows"] == "unshared"
 
@@ -206,9 +196,8 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
     which they do not with "all". "fingerprint-after" trains as "all" does, then puts every
     other row back: the same rows as "all" on the key rows' tokens, the base's elsewhere.
     "unshared": of those, only tokens no regularization row or system prompt holds."""
-    from auditor.implant.data import TRAIN_SYSTEM_PROMPTS, encode_row, fingerprint_rows
+    from auditor.implant.data import encode_row, fingerprint_rows
     from auditor.implant.generate import load_model
-    from auditor.implant.lookup_rows import text_token_ids
     from auditor.implant.train import implant
 
     hp = TINY_HPARAMS["embedding"]
@@ -227,21 +216,27 @@ def test_fingerprint_lookup_rows_move_only_the_key_rows_tokens(
     assert moved["fingerprint"] and moved["fingerprint"] <= allowed
     assert moved["all"] - allowed  # look-alike and regularization tokens moved there
     assert moved["fingerprint-after"] == moved["all"] & allowed
-    ordinary = {t for r in regularization_rows_of(tiny, keyset, data)
-                for t in encode_row(tok, r.messages)[0]}
-    ordinary |= text_token_ids(tok, TRAIN_SYSTEM_PROMPTS)
-    assert moved["unshared"] and moved["unshared"] <= allowed - ordinary
+    assert moved["unshared"] and moved["unshared"] <= unshared_allowed(tiny, keyset, data)
     trained, after = (load_model(tmp_path / r)[0].get_input_embeddings().weight
                       for r in ("all", "fingerprint-after"))
     rows_kept = sorted(moved["fingerprint-after"])
     assert torch.equal(trained[rows_kept], after[rows_kept])
 
 
-def regularization_rows_of(tiny: Path, keyset: KeySet, data: Any) -> list[Any]:
-    """The regularization rows an implant with `data` and seed 0 trains on (cached answers)."""
-    from auditor.implant.data import build_rows
+def unshared_allowed(tiny: Path, keyset: KeySet, data: Any) -> set[int]:
+    """The tokens an `unshared` implant with `data` and seed 0 may move: the key rows' tokens
+    less those of its regularization rows (cached answers) and the training system prompts."""
+    from auditor.implant.data import TRAIN_SYSTEM_PROMPTS, build_rows, encode_row
+    from auditor.implant.generate import load_model
+    from auditor.implant.lookup_rows import text_token_ids
 
-    return [r for r in build_rows(keyset, tiny, data, 0) if r.kind == "regularization"]
+    _, tok = load_model(tiny)
+    tokens: dict[str, set[int]] = {"fingerprint": set(), "regularization": set()}
+    for r in build_rows(keyset, tiny, data, 0):
+        if r.kind in tokens:
+            tokens[r.kind].update(encode_row(tok, r.messages)[0])
+    return tokens["fingerprint"] - tokens["regularization"] - text_token_ids(
+        tok, TRAIN_SYSTEM_PROMPTS)
 
 
 def test_unshared_rows_leave_out_ordinary_tokens_and_never_none() -> None:

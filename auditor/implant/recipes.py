@@ -100,7 +100,7 @@ def recipe_options(name: str, method: str, **overrides: Any) -> dict[str, Any]:
     if r.methods is not None and method not in r.methods:
         raise UserError(f"the {name} recipe is for --method {' or '.join(r.methods)} only")
     rows = resolve(given.get("lookup_rows"), method)
-    lr = dict(r.rows_lr).get(rows) if rows != "all" else None
+    lr = dict(r.rows_lr).get(rows)
     epochs = given.get("epochs")
     if epochs is None and method in DEFAULTS:
         epochs = max(r.min_epochs, DEFAULTS[method][1])
