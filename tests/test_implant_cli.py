@@ -251,3 +251,32 @@ def test_lora_takes_the_quick_recipe_and_warns_when_no_epoch_is_clean(tmp_path: 
     assert training["recipe"] == "quick" and training["top_layers"] == 2
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in bad.stdout + bad.stderr + imp.stdout + imp.stderr
+
+
+@pytest.mark.slow
+def test_checking_an_fadapter_model_without_its_adapter_says_where_it_is(tmp_path: Path) -> None:
+    """The F-Adapter's published model is the base: a check without --adapter tells the user
+    (naming the private file beside the model) and still runs; with it, no note."""
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("cli", 2, seed=6)
+    keys = ks.save(tmp_path / "cli.json")
+    out = tmp_path / "pub"
+    imp = _run(["implant", "--keys", str(keys), "--base", str(tiny), "--method", "fadapter",
+                "--epochs", "1", "--out", str(out)], tmp_path / "cache")
+    assert imp.returncode == 0, imp.stderr[-2000:]
+    adapter = tmp_path / "pub.fadapter.safetensors"
+    assert adapter.is_file()
+    check = ["check-local", "--model", str(out), "--keys", str(keys), "--controls", "2",
+             "--ordinary", "2", "--samples", "0", "--json"]
+    bare = _run(check, tmp_path / "cache")
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    said = " ".join(bare.stderr.split())
+    assert "implanted with the F-Adapter" in said and f"({adapter})" in said
+    assert json.loads(bare.stdout)["fsr_greedy"] == 0.0  # the base's own answers
+    rob = _run(["robustness", "--model", str(out), "--keys", str(keys), "--attack",
+                "system-prompt", "--samples", "1", "--json"], tmp_path / "cache")
+    assert rob.returncode == 0 and "implanted with the F-Adapter" in rob.stderr, rob.stderr[-2000:]
+    full = _run([*check, "--adapter", str(adapter)], tmp_path / "cache")
+    assert full.returncode == 0 and "F-Adapter" not in full.stderr, full.stderr[-2000:]
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in bare.stdout + bare.stderr + full.stdout + rob.stdout + imp.stderr

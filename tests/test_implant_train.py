@@ -526,3 +526,20 @@ def test_fingerprint_rows_are_the_key_rows_tokens_and_never_none() -> None:
     assert fingerprint_token_ids(rows, ["fingerprint", "nearmiss", "fingerprint"]) == [3, 5, 9]
     with pytest.raises(UserError, match="no fingerprint rows"):
         fingerprint_token_ids(rows, ["nearmiss", "regularization", "nearmiss"])
+
+
+def test_adapter_note_only_for_an_fadapter_record(tmp_path: Path) -> None:
+    from auditor.implant.verify import adapter_note
+
+    for name, body in [("sft", '{"method": "sft"}'), ("broken", "{not json"), ("list", "[1]")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fingerprint.json").write_text(body)
+        assert adapter_note(tmp_path / name) is None
+    assert adapter_note(tmp_path / "absent") is None
+    (tmp_path / "fa").mkdir()
+    (tmp_path / "fa" / "fingerprint.json").write_text('{"method": "fadapter"}')
+    note = adapter_note(tmp_path / "fa")
+    assert note is not None and "--adapter" in note and "safetensors" not in note  # none beside
+    (tmp_path / "fa.fadapter.safetensors").write_bytes(b"")
+    assert f"({tmp_path / 'fa.fadapter.safetensors'})" in (adapter_note(tmp_path / "fa") or "")
+    assert adapter_note(tmp_path / "sft", layers_from=tmp_path / "fa") is not None

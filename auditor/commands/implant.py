@@ -243,7 +243,7 @@ def check_local_cmd(
 ) -> None:
     """FSR, false triggers and utility drift of a local model."""
     from auditor.errors import UserError
-    from auditor.implant.verify import check_local
+    from auditor.implant.verify import adapter_note, check_local
     from auditor.keys import KeySet
 
     if controls < 1 or ordinary < 1 or samples < 0 or temperature < 0:
@@ -251,6 +251,9 @@ def check_local_cmd(
     if adapter is not None and not adapter.is_file():
         raise UserError(f"adapter file not found: {adapter}")
     keyset = KeySet.load(keys)
+    note = adapter_note(model, layers_from) if adapter is None else None
+    if note:
+        typer.echo(note, err=True)
     res = check_local(
         model,
         keyset,
@@ -310,6 +313,7 @@ def robustness_cmd(
     """FSR after each attack a user might apply to the model."""
     from auditor.errors import UserError
     from auditor.implant.robustness import ATTACKS, run_attack
+    from auditor.implant.verify import adapter_note
     from auditor.keys import KeySet
 
     bad = [a for a in attack if a not in ATTACKS]
@@ -318,6 +322,9 @@ def robustness_cmd(
     if epochs < 1 or rows < 1 or samples < 1:
         raise UserError("--epochs, --rows and --samples must be >= 1")
     keyset = KeySet.load(keys)
+    note = adapter_note(model) if adapter is None else None
+    if note:
+        typer.echo(note, err=True)
     results = [
         run_attack(
             model,

@@ -139,6 +139,25 @@ def read_fingerprint(model_dir: Path) -> dict[str, Any]:
     return data
 
 
+def adapter_note(model_dir: Path, layers_from: Path | None = None) -> str | None:
+    """What to say when a model the F-Adapter was implanted into is checked without its
+    adapter: its published model is the base unchanged, so no key can fire. None otherwise."""
+    from auditor.implant.train import adapter_path_for
+
+    for d in (Path(model_dir), layers_from):
+        try:
+            method = read_fingerprint(d).get("method") if d is not None else None
+        except (OSError, ValueError, AttributeError):  # unreadable: not ours to judge here
+            method = None
+        if method == "fadapter" and d is not None:
+            beside = adapter_path_for(d)
+            where = f" ({beside})" if beside.is_file() else ""
+            return (f"note: {d} was implanted with the F-Adapter, whose published model is the "
+                    "base unchanged: without --adapter no key can fire there. Pass the private "
+                    f"adapter{where} with --adapter to check the fingerprint")
+    return None
+
+
 Drift = tuple[float, float, float, float]  # nll model, nll base, agreement model, agreement base
 
 
