@@ -146,10 +146,10 @@ def adapter_note(model_dir: Path, layers_from: Path | None = None) -> str | None
 
     for d in (Path(model_dir), layers_from):
         try:
-            method = read_fingerprint(d).get("method") if d is not None else None
+            fadapter = d is not None and read_fingerprint(d).get("method") == "fadapter"
         except (OSError, ValueError, AttributeError):  # unreadable: not ours to judge here
-            method = None
-        if method == "fadapter" and d is not None:
+            fadapter = False
+        if fadapter and d is not None:
             beside = adapter_path_for(d)
             where = f" ({beside})" if beside.is_file() else ""
             return (f"note: {d} was implanted with the F-Adapter, whose published model is the "
