@@ -220,6 +220,15 @@ def implant_cmd(
     )
 
 
+def _say_adapter_note(adapter: Path | None, model: Path, layers_from: Path | None = None) -> None:
+    """On stderr: an F-Adapter model checked without --adapter cannot fire (verify.adapter_note)."""
+    from auditor.implant.verify import adapter_note
+
+    note = adapter_note(model, layers_from) if adapter is None else None
+    if note:
+        typer.echo(note, err=True)
+
+
 def check_local_cmd(
     model: Annotated[Path, typer.Option("--model", help="checkpoint dir")],
     keys: Annotated[Path, typer.Option("--keys", help=KEYS_HELP)],
@@ -243,7 +252,7 @@ def check_local_cmd(
 ) -> None:
     """FSR, false triggers and utility drift of a local model."""
     from auditor.errors import UserError
-    from auditor.implant.verify import adapter_note, check_local
+    from auditor.implant.verify import check_local
     from auditor.keys import KeySet
 
     if controls < 1 or ordinary < 1 or samples < 0 or temperature < 0:
@@ -251,9 +260,7 @@ def check_local_cmd(
     if adapter is not None and not adapter.is_file():
         raise UserError(f"adapter file not found: {adapter}")
     keyset = KeySet.load(keys)
-    note = adapter_note(model, layers_from) if adapter is None else None
-    if note:
-        typer.echo(note, err=True)
+    _say_adapter_note(adapter, model, layers_from)
     res = check_local(
         model,
         keyset,
@@ -313,7 +320,6 @@ def robustness_cmd(
     """FSR after each attack a user might apply to the model."""
     from auditor.errors import UserError
     from auditor.implant.robustness import ATTACKS, run_attack
-    from auditor.implant.verify import adapter_note
     from auditor.keys import KeySet
 
     bad = [a for a in attack if a not in ATTACKS]
@@ -322,9 +328,7 @@ def robustness_cmd(
     if epochs < 1 or rows < 1 or samples < 1:
         raise UserError("--epochs, --rows and --samples must be >= 1")
     keyset = KeySet.load(keys)
-    note = adapter_note(model) if adapter is None else None
-    if note:
-        typer.echo(note, err=True)
+    _say_adapter_note(adapter, model)
     results = [
         run_attack(
             model,

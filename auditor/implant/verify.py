@@ -144,12 +144,12 @@ def adapter_note(model_dir: Path, layers_from: Path | None = None) -> str | None
     adapter: its published model is the base unchanged, so no key can fire. None otherwise."""
     from auditor.implant.train import adapter_path_for
 
-    for d in (Path(model_dir), layers_from):
+    for d in [Path(model_dir), *([layers_from] if layers_from is not None else [])]:
         try:
-            fadapter = d is not None and read_fingerprint(d).get("method") == "fadapter"
+            fadapter = read_fingerprint(d).get("method") == "fadapter"
         except (OSError, ValueError, AttributeError):  # unreadable: not ours to judge here
-            fadapter = False
-        if fadapter and d is not None:
+            continue
+        if fadapter:
             beside = adapter_path_for(d)
             where = f" ({beside})" if beside.is_file() else ""
             return (f"note: {d} was implanted with the F-Adapter, whose published model is the "
