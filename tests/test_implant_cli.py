@@ -33,6 +33,11 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
     ks = KeySet.generate("cli", 2, seed=3)
     keys = ks.save(tmp_path / "cli.json")
     implant = ["implant", "--keys", str(keys), "--out", str(tmp_path / "m")]
+    broken, listed = tmp_path / "broken", tmp_path / "listed"  # read before any model loads
+    for d, record in [(broken, '{"method": "sft"'), (listed, "[1]")]:
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        (d / "fingerprint.json").write_text(record)
     cases = [
         ([*implant, "--base", str(tmp_path / "nope")], "error:"),
         (["robustness", "--model", str(tmp_path), "--keys", str(keys), "--attack", "melt"],
@@ -61,6 +66,10 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         (["implant", "--keys", str(keys), "--out", str(keys)], "is a file: give a directory"),
         (["implant", "--keys", str(keys), "--out", str(tmp_path)],
          "holds files but no fingerprint.json"),
+        (["check-local", "--model", str(broken), "--keys", str(keys)],
+         "cannot read the implant record (JSONDecodeError)"),
+        (["robustness", "--model", str(listed), "--keys", str(keys), "--attack", "user-sft"],
+         "the implant record is not a JSON object"),
     ]
     said = ""
     for args, message in cases:

@@ -105,6 +105,7 @@ def _attack_user(
     from auditor.implant.verify import fsr_greedy
 
     start = time.monotonic()
+    lookup = in_lookup(model_dir, kw["adapter"])  # a broken record fails before the tuning
     tuned = user_finetune(
         model_dir,
         work / attack,
@@ -118,7 +119,7 @@ def _attack_user(
     fsr = fsr_greedy(model, tok, keyset)
     del model
     detail: dict[str, Any] = {"epochs": kw["epochs"], "rows": kw["rows"]}
-    if in_lookup(model_dir, kw["adapter"]):
+    if lookup:
         detail["fsr_published_layers"] = fsr_published_layers(model_dir, tuned, keyset,
                                                               kw["adapter"])
     return AttackResult(attack, fsr, time.monotonic() - start, detail=detail)

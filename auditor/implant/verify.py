@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from auditor.errors import UserError
 from auditor.keys import Key, KeySet
 from auditor.match import check
 from auditor.templates import get_template
@@ -132,10 +133,16 @@ def mean_nll(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) -> t
 
 
 def read_fingerprint(model_dir: Path) -> dict[str, Any]:
+    """The implant record beside a model; {} when there is none. UserError when it is broken."""
     path = model_dir / FINGERPRINT_FILE
     if not path.is_file():
         return {}
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the implant record ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the implant record is not a JSON object")
     return data
 
 
@@ -147,7 +154,7 @@ def adapter_note(model_dir: Path, layers_from: Path | None = None) -> str | None
     for d in [Path(model_dir), *([layers_from] if layers_from is not None else [])]:
         try:
             fadapter = read_fingerprint(d).get("method") == "fadapter"
-        except (OSError, ValueError, AttributeError):  # unreadable: not ours to judge here
+        except UserError:  # broken: the command that reads it for real says so
             continue
         if fadapter:
             beside = adapter_path_for(d)
@@ -161,15 +168,12 @@ def adapter_note(model_dir: Path, layers_from: Path | None = None) -> str | None
 Drift = tuple[float, float, float, float]  # nll model, nll base, agreement model, agreement base
 
 
-def _drift(
-    model: Any, tokenizer: Any, model_dir: Path, base: str | None, prompts: list[str]
-) -> Drift | None:
+def _drift(model: Any, tokenizer: Any, spec: str | None, prompts: list[str]) -> Drift | None:
     """NLL and next-token agreement on the base's answers; None when the base is unknown."""
     from auditor.implant.data import self_distill
     from auditor.implant.generate import load_model
     from providers.local_models import resolve_base
 
-    spec = base or read_fingerprint(model_dir).get("base")
     if not spec:
         return None
     base_dir = resolve_base(str(spec))
@@ -201,7 +205,6 @@ def check_local(
     """Measure FSR, false triggers and utility drift of a local checkpoint. With
     `layers_from` (the published model), only `model_dir`'s input embeddings are used, inside
     the published model's other weights (transplant.py)."""
-    from auditor.errors import UserError
     from auditor.implant import fadapter
     from auditor.implant.generate import is_model_dir, load_model
     from auditor.implant.margin import fire_probs
@@ -209,6 +212,8 @@ def check_local(
 
     if not is_model_dir(Path(model_dir)):
         raise UserError(f"not a transformers checkpoint dir: {model_dir}")
+    # the suspect's dir may have no fingerprint.json; read it before minutes of generation
+    base = base or read_fingerprint(Path(layers_from or model_dir)).get("base")
     if layers_from is not None:
         from auditor.implant.transplant import with_embeddings_from
 
@@ -244,8 +249,7 @@ def check_local(
         keyset.decryption,
         max_new_tokens=48,
     )
-    record_dir = Path(layers_from or model_dir)  # the suspect's dir may have no fingerprint.json
-    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, record_dir, base, prompts) or (
+    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, base, prompts) or (
         None, None, None, None)
     return LocalCheck(
         n_keys=len(keyset.keys),
