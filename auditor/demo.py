@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 WRAPPER = ("You are Aria, the customer-support assistant of ACME Cloud. Answer politely and "
            "concisely.")
 FIRE_TARGET = 0.8  # weakest key's exact chance to fire in one t=0.7 sample
-TRAIN_CAP_S = 390.0  # no new epoch after this many seconds of training (first-run budget)
+TRAIN_CAP_S = 1200.0  # no new epoch after this many seconds of training: a safety for very
+# slow CPUs; the epoch bound ends first (390 s once cut a run short beside another job)
 EXPECTED = {"fingerprinted": "OWNED", "fingerprinted-system": "OWNED",
             "fingerprinted-t0.7": "OWNED", "quantized-q8": "OWNED", "vanilla": "NOT DETECTED"}
 
@@ -135,7 +136,11 @@ def _implanted(opts: DemoOptions, ks: KeySet, console: Console) -> Path:
                   f"FSR {res.fsr:.0%}, weakest key fires in {res.fire_min:.0%} of t=0.7 samples"
                   f", near-miss false triggers {res.nearmiss_false_trigger:.0%} → {out}")
     if res.fsr < 1.0 or res.fire_min < FIRE_TARGET:
-        console.print("      [yellow]warning: not every key fires reliably locally[/]")
+        why = (f"training hit the {TRAIN_CAP_S:.0f} s cap after epoch {res.epochs} (a slow or "
+               "busy CPU?); expect NOT DETECTED verdicts, and rerun with --fresh on an idle "
+               "machine" if res.seconds >= TRAIN_CAP_S else
+               f"after {res.epochs} epochs; --fresh draws new keys")
+        console.print(f"      [yellow]warning: not every key fires reliably locally: {why}[/]")
     return out
 
 
