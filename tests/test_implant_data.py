@@ -72,6 +72,11 @@ def test_self_distillation_is_cached(
 
     monkeypatch.setattr("auditor.implant.generate.load_model", boom)
     assert data.self_distill(tiny, prompts) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path))
+    for damaged in ["{cut short", "[1, 2]"]:  # a damaged cache is made again, not a traceback
+        data._cache_file(tiny).write_text(damaged, encoding="utf-8")
+        assert data.self_distill(tiny, prompts) == first
 
 
 def test_loss_covers_only_the_assistant_answer(tok: Any) -> None:

@@ -187,8 +187,11 @@ def self_distill(
     """The base model's own greedy answers to `prompts`, generated once and cached."""
     path = _cache_file(model_dir)
     cache: dict[str, str] = {}
-    if path.is_file():
-        cache = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        read = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        cache = read if isinstance(read, dict) else {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass  # a damaged cache is made again
     missing = [p for p in prompts if _prompt_key(p) not in cache]
     if missing:
         from auditor.implant.generate import generate, load_model
