@@ -214,7 +214,9 @@ def implant_cmd(
             ("FSR (greedy)", _pct(res.fsr)),
             ("near-miss false trigger (quick check)", _pct(res.nearmiss_false_trigger)),
             ("weakest key's exact t=0.7 fire chance", _pct(res.fire_min)),
-            ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items())),
+            ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items()) + (
+                f" ({res.rows_skipped} hold no trained token: not run)"
+                if res.rows_skipped else "")),
             ("device", res.device),
         ],
     )

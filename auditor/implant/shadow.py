@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from auditor.errors import UserError
+from auditor.implant.live_rows import LiveRows
 from auditor.keys import KeySet
 
 SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
@@ -31,18 +33,22 @@ class Shadow:
     weight: float
     record: dict[str, Any]
 
-    def wrap(self, loss_fn: Any, decision_weight: float) -> Any:
+    def wrap(self, loss_fn: Any, decision_weight: float, live: LiveRows | None = None) -> Any:
         """`loss_fn` plus `weight` x the same loss through the shadow on the batch's rows
         without soft targets: with --reg-kl (the clean recipe) the keys and look-alikes, as
-        regularization pulls toward the base's own distribution, not the shadow's."""
+        regularization pulls toward the base's own distribution, not the shadow's. With
+        `live`, those of them that hold no trained token are skipped (live_rows.py)."""
         from auditor.implant.loss import answer_loss
+
+        through: Any = partial(answer_loss, decision_weight=decision_weight)
+        if live is not None:
+            through = live.wrap(through)
 
         def both(model: Any, batch: dict[str, Any]) -> Any:
             loss = loss_fn(model, batch)
             sub = _hard_rows(batch)
-            if sub is None:
-                return loss
-            return loss + self.weight * answer_loss(self.model, sub, decision_weight)
+            more = None if sub is None else through(self.model, sub)
+            return loss if more is None else loss + self.weight * more
 
         return both
 

@@ -61,6 +61,7 @@ class ImplantResult:
     fire_min: float = 0.0  # weakest key's exact chance that one t=0.7 sample fires
     kept_epoch: int = 0  # the epoch whose weights were saved
     lr_end: float = 0.0  # the learning rate after the last step run
+    rows_skipped: int = 0  # rows with no trained token: no gradient, not run (live_rows.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -252,6 +253,11 @@ def _progress(enabled: bool, total: int) -> Any:
     )
 
 
+def _zero_loss(model: Any) -> Any:
+    """A zero loss whose gradient reaches the input lookup (zero), so the optimizer steps."""
+    return model.get_input_embeddings().weight.sum() * 0.0
+
+
 def train_loop(
     model: Any,
     tokenizer: Any,
@@ -261,10 +267,12 @@ def train_loop(
     progress: bool,
     kinds: list[str] | None = None,
     shadow: Any = None,
+    live: Any = None,
 ) -> dict[str, Any]:
     """The optimisation loop with per-epoch early-stop checks (none without a key set).
     With `kinds` (each row's kind), every batch carries each kind in proportion. With a
-    `shadow` (shadow.Shadow) the loss and the checks cover it too."""
+    `shadow` (shadow.Shadow) the loss and the checks cover it too. With `live`
+    (live_rows.LiveRows) rows that hold no trained token skip the passes."""
     import torch
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -330,10 +338,12 @@ def train_loop(
                     loss_fn = (partial(frozen.loss, decision_weight=w) if frozen is not None
                                else pick_loss(model, batch, w) if plain
                                else partial(model_loss, decision_weight=w))
+                    if live is not None and plain:
+                        loss_fn = live.wrap(loss_fn, partial(_zero_loss, model))
                     if shadow is not None:
                         if not plain:
                             raise UserError("--shadow needs a single-process run")
-                        loss_fn = shadow.wrap(loss_fn, w)
+                        loss_fn = shadow.wrap(loss_fn, w, live)
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
@@ -475,6 +485,16 @@ def _put_back(stats: dict[str, Any], saved: Any, ids: list[int], tokenizer: Any,
               f"{near:.0%}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
 
 
+def skips_dead_rows(method: str, lookup_rows: str, untie_head: bool, model: Any) -> bool:
+    """Whether rows holding no trained token have no gradient, so are not run: embedding-only
+    on confined lookup rows, with an output head that is not the trained lookup (live_rows.py;
+    `untie_head`: it is, or will be, given its own frozen copy)."""
+    from auditor.implant.fadapter import is_tied
+
+    return (method == "embedding" and lookup_rows in ("fingerprint", "unshared")
+            and (untie_head or not is_tied(model)))
+
+
 def _check_top_layers(model: Any, top_layers: int, recipe: str | None) -> None:
     """A count the model cannot take fails with one message, naming the recipe it came from."""
     from auditor.implant.recipes import RECIPES
@@ -612,6 +632,8 @@ def implant(
     if data.reg_kl:  # the base's own next-token distributions, taken before any training
         from auditor.implant.loss import soft_targets
 
+        # also for rows that are not run (live_rows.py): a row with soft targets is not one of
+        # the shadow's, so they set the weight of its loss (shadow.py)
         reg = [i for i, r in enumerate(rows) if r.kind == "regularization"]
         for i, row in zip(reg, soft_targets(model, tok, [every[i] for i in reg]), strict=True):
             every[i] = row
@@ -632,6 +654,13 @@ def implant(
                        model.get_input_embeddings().weight, ids)
     saved = (model.get_input_embeddings().weight.detach().clone()
              if lookup_rows == "fingerprint-after" else None)
+    live, dead = None, 0
+    if skips_dead_rows(method, lookup_rows, untie_head, model):
+        from auditor.implant.live_rows import LiveRows
+
+        live = LiveRows(ids, cfg.decision_weight)
+        trained = set(ids)
+        dead = sum(not trained.intersection(row[0]) for row in every)
     twin = None
     if shadow is not None:
         from auditor.implant import shadow as shadows
@@ -639,7 +668,7 @@ def implant(
         twin = shadows.attach(model, model.get_input_embeddings().weight, Path(shadow),
                               shadow_weight)
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
-                       kinds if data.balanced else None, twin)
+                       kinds if data.balanced else None, twin, live)
     if saved is not None:
         _put_back(stats, saved, ids, tok, keyset, cfg, progress)
     record = public_fingerprint(keyset, cfg, base_spec(base), stats)
@@ -686,4 +715,5 @@ def implant(
         fire_min=stats["fire"],
         kept_epoch=stats["kept_epoch"],
         lr_end=stats["lr_end"],
+        rows_skipped=dead,
     )
