@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import UserError
-from auditor.implant.live_rows import LiveRows
+from auditor.implant.live_rows import LiveRows, take_rows
 from auditor.keys import KeySet
 
 SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
@@ -69,9 +69,7 @@ def _hard_rows(batch: dict[str, Any]) -> dict[str, Any] | None:
             else torch.ones(n, dtype=torch.bool, device=batch["input_ids"].device))
     if not bool(keep.any()):
         return None
-    sub = {k: batch[k][keep] for k in ("input_ids", "attention_mask", "labels")}
-    width = int(sub["attention_mask"].sum(dim=1).max())
-    return {k: v[:, :width] for k, v in sub.items()}
+    return take_rows({k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, keep)
 
 
 def validate(shadow_dir: Path, weight: float) -> None:
