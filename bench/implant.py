@@ -10,6 +10,9 @@ own share), and FSR after each robustness attack.
         --user-rows 200                                     # a quicker partial run
     .venv/bin/python bench/implant.py --methods sft --recipe clean --style vocab \\
         --precision bf16                                    # auditor implant's default recipe
+    .venv/bin/auditor shadow --out models/shadow            # once: the base tuned as a user might
+    .venv/bin/python bench/implant.py --methods embedding --recipe clean --style vocab \\
+        --shadow models/shadow --attacks user-sft,user-lora # embedding through the shadow
 
 Targets: <= 120 s to FSR 100 %, near-miss false trigger <= 1 %, ordinary 0 %, FSR >= 95 %
 after user SFT, drift <= 2 %. Key text and the decryption are never printed.
@@ -65,16 +68,21 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         confirm_controls=args.confirm_controls,
         lookup_rows=args.lookup_rows if args.one in ("embedding", "fadapter") else None,
     )
+    shadow = args.shadow if args.one == "embedding" else None
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   precision=args.precision, max_epochs=args.max_epochs,
                   fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
-                  recipe=args.recipe, **options)
+                  recipe=args.recipe, shadow=shadow, shadow_weight=args.shadow_weight,
+                  **options)
     row: dict[str, Any] = {
-        "method": args.one,
+        "method": label(args.one, shadow),
         "implant": res.to_dict(),
         "wall_implant_s": time.monotonic() - t0,
         "device": res.device,
     }
+    if shadow is not None:  # how the shadow was tuned, as the published record says
+        record = json.loads((out / "fingerprint.json").read_text())
+        row["shadow"] = record["training"]["shadow"]
     _save_partial(args.json_out, row)
     check = check_local(
         out,
@@ -104,6 +112,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     row["peak_rss_mb"] = _peak_rss_mb()
     row["peak_gpu_mb"] = _peak_gpu_mb()
     return row
+
+
+def label(method: str, shadow: Path | None) -> str:
+    """The method's name in the table: embedding through a shadow is its own row."""
+    return f"{method}+shadow" if shadow is not None and method == "embedding" else method
 
 
 def _save_partial(path: Path | None, row: dict[str, Any]) -> None:
@@ -247,9 +260,16 @@ def main() -> None:
     p.add_argument("--lookup-rows", default=None, choices=LOOKUP_ROWS,
                    help="embedding, fadapter: which lookup rows change (embedding's "
                    "default: unshared; fadapter's: all)")
+    p.add_argument("--shadow", type=Path, default=None,
+                   help="embedding: train the keys to fire through this user-tuned copy of "
+                   "the base too (auditor shadow)")
+    p.add_argument("--shadow-weight", type=float, default=1.0,
+                   help="with --shadow: the shadow's share of the loss")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.shadow is not None and "embedding" not in args.methods.split(","):
+        p.error("--shadow applies to --methods embedding only")
     if args.one:
         print(json.dumps(run_one(args)))
         return
@@ -282,8 +302,8 @@ def main() -> None:
             rows.append(
                 json.loads(lines[-1])
                 if proc.returncode == 0 and lines
-                else {"method": method, "error": f"exit {proc.returncode}",
-                      **_partial_row(args.json_out, method)}
+                else {"method": label(method, args.shadow), "error": f"exit {proc.returncode}",
+                      **_partial_row(args.json_out, label(method, args.shadow))}
             )
             print_table(rows, [a for a in args.attacks.split(",") if a])
             if args.json_out:  # after each method, so a run cut short keeps what it finished

@@ -1,11 +1,16 @@
-"""bench/implant.py keeps what a method finished when its process is killed mid-run."""
+"""bench/implant.py: it keeps what a method finished when its process is killed mid-run, and
+runs embedding through a shadow as a row of its own."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from bench.implant import _partial_row, _save_partial
+import pytest
+
+from bench.implant import ROOT, _partial_row, _save_partial
 
 
 def test_partial_rows_follow_the_finished_ones(tmp_path: Path) -> None:
@@ -29,3 +34,41 @@ def test_nothing_saved_reads_as_empty(tmp_path: Path) -> None:
     assert _partial_row(out, "sft") == {}
     out.write_text("[]")
     assert _partial_row(out, "sft") == {}
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "implant.py"), *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_a_shadow_without_embedding_is_refused() -> None:
+    proc = _bench("--methods", "sft,lora", "--shadow", "models/shadow")
+    assert proc.returncode == 2
+    assert "--shadow applies to --methods embedding only" in proc.stderr
+
+
+@pytest.mark.slow
+def test_embedding_through_a_shadow_is_its_own_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole bench on the tiny model: embedding through a shadow, checked and attacked."""
+    from auditor.implant.shadow import make_shadow
+    from tests.tiny_model import make_tiny_model
+
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path / "cache"))
+    tiny = make_tiny_model(tmp_path / "tiny")
+    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
+    out = tmp_path / "bench.json"
+    proc = _bench("--base", str(tiny), "--methods", "embedding", "--attacks", "temperature",
+                  "--shadow", str(shadow), "--keys", "2", "--epochs", "2", "--controls", "4",
+                  "--ordinary", "4", "--samples", "1", "--lookup-rows", "fingerprint",
+                  "--json-out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "embedding+shadow" in proc.stdout  # the table's row
+    [row] = json.loads(out.read_text())
+    assert row["method"] == "embedding+shadow" and "partial" not in row
+    assert row["shadow"] == {"weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
+    assert row["implant"]["epochs"] == 2 and row["implant"]["steps"] > 0
+    assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= 1.0
+    attack = row["attacks"]["temperature"]
+    assert attack["skipped"] is None and 0.0 <= attack["fsr"] <= 1.0
