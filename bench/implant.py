@@ -299,11 +299,12 @@ def main() -> None:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             lines = proc.stdout.strip().splitlines()
             print("\n".join(lines[:-1]))  # the child's progress (per-epoch lines); JSON last
+            name = label(method, args.shadow)
             rows.append(
                 json.loads(lines[-1])
                 if proc.returncode == 0 and lines
-                else {"method": label(method, args.shadow), "error": f"exit {proc.returncode}",
-                      **_partial_row(args.json_out, label(method, args.shadow))}
+                else {"method": name, "error": f"exit {proc.returncode}",
+                      **_partial_row(args.json_out, name)}
             )
             print_table(rows, [a for a in args.attacks.split(",") if a])
             if args.json_out:  # after each method, so a run cut short keeps what it finished
