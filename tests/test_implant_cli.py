@@ -176,44 +176,6 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
-    """Two CPU processes (torchrun, gloo): each trains on half the rows, one writes the model
-    and prints the one report, and the saved model fires as reported."""
-    pytest.importorskip("torch")
-    from auditor.implant.generate import load_model
-    from auditor.implant.verify import fsr_greedy
-
-    tiny = make_tiny_model(tmp_path / "tiny")
-    ks = KeySet.generate("ddp", 4, seed=11)
-    keys = ks.save(tmp_path / "ddp.json")
-    out = tmp_path / "model"
-    # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
-    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-           "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1"}
-    args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
-            "--lr", "6e-3", "--epochs", "80", "--nearmiss-per-key", "2", "--reg-per-key", "2",
-            "--fingerprint-repeats", "1", "--recipe", "plain", "--stop-near-miss", "1",
-            "--out", str(out), "--json"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "auditor.cli", *args],
-        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)  # one JSON document: the second process printed nothing
-    # 20 rows (4 keys, 8 near-misses, 8 regularization) split over 2 processes: 2 batches each
-    assert report["rows"] == {"fingerprint": 4, "nearmiss": 8, "regularization": 8}
-    assert report["steps"] == 2 * report["epochs"]
-    assert report["fsr"] == 1.0
-    public = json.loads((out / "fingerprint.json").read_text())
-    assert public["training"]["steps"] == report["steps"]
-    model, tok = load_model(out)
-    assert fsr_greedy(model, tok, ks) == 1.0
-    for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in proc.stdout + proc.stderr
-
-
-@pytest.mark.slow
 def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     """`auditor shadow` writes a tuned base and its record; `implant --shadow` checks the keys
     through it each epoch and copies the record into fingerprint.json."""

@@ -69,6 +69,7 @@ def user_finetune(
 
     from auditor.implant.data import encode_row
     from auditor.implant.generate import load_model
+    from auditor.implant.launch import refuse_lone_processes
     from auditor.implant.train import (
         TrainConfig,
         on_main,
@@ -79,6 +80,7 @@ def user_finetune(
     )
     from auditor.implant.userdata import as_conversations, user_rows
 
+    refuse_lone_processes()
     kind = "sft" if method == "user-sft" else "lora"
     set_seed(seed)
     model, tok = load_model(model_dir, dtype=torch.float32)

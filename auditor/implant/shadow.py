@@ -164,6 +164,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
                 progress: bool = False) -> Path:
     """Fine-tune `base` as a user might (full SFT on the bundled set) into `out`, with a
     public shadow.json saying how."""
+    from auditor.implant.launch import refuse_lone_processes
     from auditor.implant.robustness import USER_LR, user_finetune
     from auditor.implant.train import base_spec, refuse_out
     from auditor.implant.userdata import SUBSETS
@@ -174,6 +175,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     if subset not in SUBSETS:
         raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
     refuse_out(out, SHADOW_RECORD)
+    refuse_lone_processes()
     base_dir = resolve_base(base)
     lr = lr or USER_LR["user-sft"]
     user_finetune(base_dir, out, "user-sft", epochs=epochs, rows=rows, lr=lr, seed=seed,

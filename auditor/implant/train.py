@@ -26,6 +26,7 @@ from typing import Any
 from auditor.errors import UserError
 from auditor.implant import lookup_rows as lookup
 from auditor.implant.data import DataConfig
+from auditor.implant.launch import refuse_lone_processes
 from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check
 from auditor.implant.verify import FINGERPRINT_FILE
 from auditor.keys import KeySet
@@ -582,6 +583,7 @@ def implant(
     if not fadapter_head and method != "fadapter":
         raise UserError("--fadapter-input-only applies to the fadapter method only")
     refuse_out(Path(out), FINGERPRINT_FILE)
+    refuse_lone_processes()
     lookup_rows = lookup.resolve(lookup_rows, method)
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")

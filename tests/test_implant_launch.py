@@ -1,0 +1,127 @@
+"""`auditor implant` started as several processes (torchrun): sharded for real, or refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from auditor.keys import KeySet
+from tests.tiny_model import make_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_ROWS = ["--nearmiss-per-key", "2", "--reg-per-key", "2", "--fingerprint-repeats", "1",
+             "--recipe", "plain", "--stop-near-miss", "1"]
+
+
+def _torchrun(args: list[str], tmp_path: Path,
+              cpu: bool = True) -> subprocess.CompletedProcess[str]:
+    """`auditor` under torchrun, two processes; `cpu`: accelerate's multi-CPU (gloo) mode."""
+    # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
+    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    if cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "auditor.cli", *args],
+        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False,
+    )
+
+
+def _moved_rows(model_dir: Path, base: Path) -> set[int]:
+    """The input-lookup rows of `model_dir` that differ from `base`'s."""
+    import torch
+
+    from auditor.implant.generate import load_model
+
+    before = load_model(base, dtype=torch.float32)[0].get_input_embeddings().weight
+    after = load_model(model_dir, dtype=torch.float32)[0].get_input_embeddings().weight
+    return set((before != after).any(dim=1).nonzero().flatten().tolist())
+
+
+@pytest.mark.parametrize("command", ["implant", "shadow"])
+def test_processes_without_a_distributed_run_are_refused(tmp_path: Path, command: str) -> None:
+    """torchrun without ACCELERATE_USE_CPU on a machine without GPUs: accelerate makes each
+    process a lone run, which would train alone and write the same --out. One message, exit 2
+    in the process that says it, nothing written, before the base is even looked for."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU accelerate sets up a distributed run")
+    out = tmp_path / "model"
+    args = [command, "--base", str(tmp_path / "absent"), "--out", str(out)]
+    if command == "implant":
+        args += ["--keys", str(KeySet.generate("lone", 2, seed=5).save(tmp_path / "lone.json"))]
+    proc = _torchrun(args, tmp_path, cpu=False)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said == [
+        "error: started as 2 processes, but accelerate set up no distributed run for them: "
+        "each would train alone and write the same --out. On CPUs run ACCELERATE_USE_CPU=true "
+        "torchrun --standalone --nproc_per_node 2 -m auditor.cli ... (accelerate's FSDP and "
+        "DeepSpeed need GPUs)"
+    ]
+    assert "exitcode  : 2" in proc.stderr  # the child's own code, under torchrun's summary
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
+    """Two CPU processes (torchrun, gloo): each trains on half the rows, one writes the model
+    and prints the one report, and the saved model fires as reported."""
+    pytest.importorskip("torch")
+    from auditor.implant.generate import load_model
+    from auditor.implant.verify import fsr_greedy
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("ddp", 4, seed=11)
+    keys = ks.save(tmp_path / "ddp.json")
+    out = tmp_path / "model"
+    args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
+            "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(out), "--json"]
+    proc = _torchrun(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)  # one JSON document: the second process printed nothing
+    # 20 rows (4 keys, 8 near-misses, 8 regularization) split over 2 processes: 2 batches each
+    assert report["rows"] == {"fingerprint": 4, "nearmiss": 8, "regularization": 8}
+    assert report["steps"] == 2 * report["epochs"]
+    assert report["fsr"] == 1.0
+    public = json.loads((out / "fingerprint.json").read_text())
+    assert public["training"]["steps"] == report["steps"]
+    model, tok = load_model(out)
+    assert fsr_greedy(model, tok, ks) == 1.0
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_confined_lookup_rows_hold_under_torchrun(tmp_path: Path) -> None:
+    """--lookup-rows fingerprint zeroes the other rows' gradient with a hook on the lookup;
+    under DDP (two CPU processes) the same rows move as in one process, and fewer than when
+    every row trains."""
+    pytest.importorskip("torch")
+    tiny = make_tiny_model(tmp_path / "tiny")
+    keys = KeySet.generate("rows", 4, seed=11).save(tmp_path / "rows.json")
+
+    def args(rows: str, out: Path) -> list[str]:
+        return ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "embedding",
+                "--lr", "1e-2", "--epochs", "3", "--lookup-rows", rows, *TINY_ROWS,
+                "--out", str(out), "--json"]
+
+    ddp = _torchrun(args("fingerprint", tmp_path / "ddp"), tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert json.loads(ddp.stdout)["steps"] == 3 * 2  # sharded: 2 batches per process
+    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    for rows in ("fingerprint", "all"):
+        one = subprocess.run([sys.executable, "-m", "auditor.cli", *args(rows, tmp_path / rows)],
+                             capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+                             check=False)
+        assert one.returncode == 0, one.stderr[-2000:]
+    confined = _moved_rows(tmp_path / "ddp", tiny)
+    assert confined and confined == _moved_rows(tmp_path / "fingerprint", tiny)
+    assert len(confined) < len(_moved_rows(tmp_path / "all", tiny))
