@@ -125,3 +125,37 @@ def test_confined_lookup_rows_hold_under_torchrun(tmp_path: Path) -> None:
     confined = _moved_rows(tmp_path / "ddp", tiny)
     assert confined and confined == _moved_rows(tmp_path / "fingerprint", tiny)
     assert len(confined) < len(_moved_rows(tmp_path / "all", tiny))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "fadapter"])
+def test_adapter_methods_under_torchrun(tmp_path: Path, method: str) -> None:
+    """LoRA (merged) and the F-Adapter under DDP: sharded batches, one report, and what the
+    method trains moved: LoRA's merged weights; the private adapter, the published model
+    staying the base."""
+    import torch
+    from safetensors.torch import load_file
+
+    from auditor.implant.fadapter import attach
+    from auditor.implant.generate import load_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    keys = KeySet.generate(method, 4, seed=11).save(tmp_path / "k.json")
+    out = tmp_path / "model"
+    proc = _torchrun(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
+                      "--epochs", "2", *TINY_ROWS, "--out", str(out), "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["steps"] == 2 * 2
+    base = load_model(tiny, dtype=torch.float32)[0].state_dict()
+    published = load_model(out, dtype=torch.float32)[0].state_dict()
+    changed = [k for k, v in base.items() if not torch.equal(v, published[k])]
+    if method == "lora":
+        assert report["adapter"] is None and changed
+        return
+    assert changed == [] and report["adapter"] is not None
+    trained = load_file(report["adapter"])
+    # the start the run drew (seed 0, its rank): the trained adapter left it
+    fresh = attach(load_model(tiny, dtype=torch.float32)[0], rank=trained["u"].shape[1])
+    assert trained["u"].shape == fresh.u.shape
+    assert not torch.equal(trained["u"], fresh.u.detach())
