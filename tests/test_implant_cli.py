@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from auditor.keys import KeySet
+from auditor.stats import clopper_pearson_upper
 from tests.tiny_model import make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +146,8 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
     assert res["fsr_greedy"] == 1.0 and res["n_controls"] == 100 and res["n_ordinary"] == 100
     assert res["drift"] is not None
     assert 0.0 <= res["fire_min"] <= res["fire_mean"] <= 1.0
+    near = round(res["nearmiss_false_trigger"] * 100)  # the bound is the exact one of k of 100
+    assert res["nearmiss_upper95"] == pytest.approx(clopper_pearson_upper(near, 100))
     own = _run(["check-local", "--model", str(out), "--keys", str(keys), "--layers-from",
                 str(out), "--controls", "10", "--ordinary", "5", "--samples", "0"],
                tmp_path / "cache")

@@ -29,6 +29,22 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def test_local_check_bounds_its_false_trigger_rates() -> None:
+    """check-local reports each false-trigger rate with its exact one-sided 95 % upper bound:
+    none of 100 look-alikes still allows 3 %; none of 300 bounds the rate by 1 %."""
+    from auditor.implant.verify import LocalCheck
+
+    def made(near: float, controls: int, ordinary: float = 0.0) -> LocalCheck:
+        return LocalCheck(10, 1.0, None, 0, 0.7, controls, near, 100, ordinary, None, None, None)
+
+    assert made(0.0, 100).nearmiss_upper95 == pytest.approx(0.0295, abs=1e-4)
+    assert made(0.0, 300).nearmiss_upper95 < 0.01 < made(0.0, 298).nearmiss_upper95
+    bounds = made(0.024, 1000, ordinary=0.01).to_dict()  # 24 of 1000, 1 of 100
+    assert bounds["nearmiss_upper95"] == pytest.approx(0.0336, abs=1e-4)
+    assert bounds["ordinary_upper95"] == pytest.approx(0.0466, abs=1e-4)
+    assert made(0.0, 0).nearmiss_upper95 == 1.0  # no look-alike asked: nothing is bounded
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "lora", "embedding", "fadapter"])
 def test_each_method_reaches_full_fsr(

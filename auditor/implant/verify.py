@@ -45,8 +45,27 @@ class LocalCheck:
     fire_min: float | None = None  # exact chance one sample at `temperature` fires: weakest key
     fire_mean: float | None = None  # ... and the mean over keys (margin.fire_probs)
 
+    @property
+    def nearmiss_upper95(self) -> float:
+        """Exact one-sided 95 % upper bound on the look-alikes' false-trigger rate."""
+        return _upper95(self.nearmiss_false_trigger, self.n_controls)
+
+    @property
+    def ordinary_upper95(self) -> float:
+        """The same for ordinary prompts."""
+        return _upper95(self.ordinary_false_trigger, self.n_ordinary)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "nearmiss_upper95": self.nearmiss_upper95,
+                "ordinary_upper95": self.ordinary_upper95}
+
+
+def _upper95(rate: float, n: int) -> float:
+    """A rate over n trials (so k = rate * n) as its one-sided Clopper-Pearson upper bound: 0
+    of 100 still allows 3.0 %, and only about 300 clean trials bound a rate by 1 %."""
+    from auditor.stats import clopper_pearson_upper
+
+    return clopper_pearson_upper(round(rate * n), n) if n else 1.0
 
 
 def is_hit(text: str, decryption: str) -> bool:
