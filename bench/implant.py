@@ -149,6 +149,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _bounded(chk: dict[str, Any], rate: str, upper: str) -> str:
+    """A false-trigger rate and, where check-local gave it, its exact 95 % upper bound."""
+    bound = chk.get(upper)
+    return _pct(chk.get(rate)) + ("" if bound is None else f" (<= {_pct(bound)})")
+
+
 def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
     from rich.table import Table
 
@@ -164,8 +170,8 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
         "FSR",
         "FSR t=0.7",
         "t=0.7 fire chance (weakest)",
-        "near-miss FT",
-        "ordinary FT",
+        "near-miss FT (95% bound)",
+        "ordinary FT (95% bound)",
         "drift",
         "top-1 agreement (base)",
         *[f"FSR {a}" for a in attacks],
@@ -186,8 +192,8 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             _pct(chk.get("fsr_greedy")),
             _pct(chk.get("fsr_sampled")),
             _pct(chk.get("fire_min")),
-            _pct(chk.get("nearmiss_false_trigger")),
-            _pct(chk.get("ordinary_false_trigger")),
+            _bounded(chk, "nearmiss_false_trigger", "nearmiss_upper95"),
+            _bounded(chk, "ordinary_false_trigger", "ordinary_upper95"),
             "-" if chk.get("drift") is None else f"{100 * chk['drift']:+.2f}%",
             f"{_pct(chk.get('agreement'))} ({_pct(chk.get('agreement_base'))})",
         ]

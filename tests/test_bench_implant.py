@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.implant import ROOT, _partial_row, _save_partial
+from bench.implant import ROOT, _bounded, _partial_row, _save_partial
 
 
 def test_partial_rows_follow_the_finished_ones(tmp_path: Path) -> None:
@@ -25,6 +25,14 @@ def test_partial_rows_follow_the_finished_ones(tmp_path: Path) -> None:
     saved = _partial_row(out, "lora")
     assert saved["implant"] == {"steps": 5} and "method" not in saved
     assert _partial_row(out, "embedding") == {}
+
+
+def test_false_trigger_cells_carry_their_bound() -> None:
+    """A row from check-local shows its exact 95 % bound; an older row without one, the rate."""
+    chk = {"nearmiss_false_trigger": 0.0, "nearmiss_upper95": 0.0295}
+    assert _bounded(chk, "nearmiss_false_trigger", "nearmiss_upper95") == "0.0% (<= 2.9%)"
+    assert _bounded({"ordinary_false_trigger": 0.01}, "ordinary_false_trigger",
+                    "ordinary_upper95") == "1.0%"
 
 
 def test_nothing_saved_reads_as_empty(tmp_path: Path) -> None:
@@ -69,6 +77,6 @@ def test_embedding_through_a_shadow_is_its_own_row(
     assert row["method"] == "embedding+shadow" and "partial" not in row
     assert row["shadow"] == {"weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
     assert row["implant"]["epochs"] == 2 and row["implant"]["steps"] > 0
-    assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= 1.0
+    assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= row["check"]["nearmiss_upper95"]
     attack = row["attacks"]["temperature"]
     assert attack["skipped"] is None and 0.0 <= attack["fsr"] <= 1.0
