@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from auditor.keys import KeySet
+from tests.cli_util import run_cli
 from tests.tiny_model import make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,12 +117,10 @@ def test_confined_lookup_rows_hold_under_torchrun(tmp_path: Path) -> None:
     ddp = _torchrun(args("fingerprint", tmp_path / "ddp"), tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert json.loads(ddp.stdout)["steps"] == 3 * 2  # sharded: 2 batches per process
-    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    for rows in ("fingerprint", "all"):
-        one = subprocess.run([sys.executable, "-m", "auditor.cli", *args(rows, tmp_path / rows)],
-                             capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
-                             check=False)
-        assert one.returncode == 0, one.stderr[-2000:]
+    for rows in ("fingerprint", "all"):  # one process each
+        one = run_cli(*args(rows, tmp_path / rows), cwd=ROOT,
+                      env={"AUDITOR_CACHE": str(tmp_path / "cache")}, timeout=300)
+        assert one.code == 0, one.err[-2000:]
     confined = _moved_rows(tmp_path / "ddp", tiny)
     assert confined and confined == _moved_rows(tmp_path / "fingerprint", tiny)
     assert len(confined) < len(_moved_rows(tmp_path / "all", tiny))

@@ -65,7 +65,7 @@ def _upper95(rate: float, n: int) -> float:
     of 100 still allows 3.0 %, and only about 300 clean trials bound a rate by 1 %."""
     from auditor.stats import clopper_pearson_upper
 
-    return clopper_pearson_upper(round(rate * n), n) if n else 1.0
+    return clopper_pearson_upper(round(rate * n), n)  # 1.0 for n = 0: nothing bounded
 
 
 def is_hit(text: str, decryption: str) -> bool:
