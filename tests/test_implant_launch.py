@@ -158,3 +158,59 @@ def test_adapter_methods_under_torchrun(tmp_path: Path, method: str) -> None:
     fresh = attach(load_model(tiny, dtype=torch.float32)[0], rank=trained["u"].shape[1])
     assert trained["u"].shape == fresh.u.shape
     assert not torch.equal(trained["u"], fresh.u.detach())
+
+
+def _accelerate_fsdp(args: list[str], tmp_path: Path,
+                     version: int) -> subprocess.CompletedProcess[str]:
+    """`auditor` under `accelerate launch --use_fsdp`, one GPU process (accelerate runs FSDP
+    on GPUs only); a free port each, so these may run side by side."""
+    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    env.pop("ACCELERATE_USE_CPU", None)
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",
+         str(version), "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "bf16",
+         "--main_process_port", "0", "--dynamo_backend", "no", "-m", "auditor.cli", *args],
+        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("method", ["sft", "embedding", "lora", "fadapter"])
+def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, method: str, version: int) -> None:
+    """FSDP (1 and 2) through `accelerate launch`: the run says it was FSDP, one report, the
+    saved model is what the method trains (sft fires; embedding's confined lookup rows are
+    those of a single-process run; LoRA merged; the F-Adapter's base unchanged)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("accelerate runs FSDP on GPUs only")
+    from auditor.implant.generate import load_model
+    from auditor.implant.verify import fsr_greedy
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate(method, 4, seed=11)
+    keys = ks.save(tmp_path / "k.json")
+    extra = {"sft": ["--lr", "6e-3", "--epochs", "80"],
+             "embedding": ["--lr", "1e-2", "--epochs", "3", "--lookup-rows", "fingerprint"],
+             "lora": ["--epochs", "2"], "fadapter": ["--epochs", "2"]}[method]
+    args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", method, *extra,
+            *TINY_ROWS, "--json"]
+    proc = _accelerate_fsdp([*args, "--out", str(tmp_path / "model")], tmp_path, version)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["launch"] == "FSDP, 1 process"
+    base = load_model(tiny, dtype=torch.float32)[0].state_dict()
+    model, tok = load_model(tmp_path / "model", dtype=torch.float32)
+    changed = [k for k, v in base.items() if not torch.equal(v, model.state_dict()[k])]
+    if method == "sft":
+        assert report["fsr"] == 1.0 and fsr_greedy(model, tok, ks) == 1.0
+    elif method == "embedding":
+        one = run_cli(*args, "--out", str(tmp_path / "one"), cwd=ROOT,
+                      env={"AUDITOR_CACHE": str(tmp_path / "cache")}, timeout=300)
+        assert one.code == 0, one.err[-2000:]
+        assert _moved_rows(tmp_path / "model", tiny) == _moved_rows(tmp_path / "one", tiny)
+    elif method == "lora":
+        assert report["adapter"] is None and changed
+    else:
+        assert changed == [] and report["adapter"] is not None

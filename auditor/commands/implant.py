@@ -217,7 +217,7 @@ def implant_cmd(
             ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items()) + (
                 f" ({res.rows_skipped} hold no trained token: not run)"
                 if res.rows_skipped else "")),
-            ("device", res.device),
+            ("device", f"{res.device} ({res.launch})"),
         ],
     )
 

@@ -63,6 +63,7 @@ class ImplantResult:
     kept_epoch: int = 0  # the epoch whose weights were saved
     lr_end: float = 0.0  # the learning rate after the last step run
     rows_skipped: int = 0  # rows with no trained token: no gradient, not run (live_rows.py)
+    launch: str = "one process"  # or accelerate's distributed type and process count
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -320,6 +321,7 @@ def train_loop(
         "fsr100_at": None,
         "perfect_at": None,
         "stopped_early": False,
+        "launch": launch_name(acc.distributed_type.value, acc.num_processes),
     }
     best = Best(params, cfg.keep_best, cfg.stop_near_miss, cfg.stop_fire_prob or 0.0)
     loss_fn: Loss | None = None
@@ -393,6 +395,13 @@ def train_loop(
     stats["lr_end"] = float(opt.param_groups[0]["lr"])
     stats["seconds"] = time.monotonic() - start
     return stats
+
+
+def launch_name(kind: str, processes: int) -> str:
+    """How the run was spread: "one process", or e.g. "FSDP, 2 processes"."""
+    if kind == "NO" and processes == 1:
+        return "one process"
+    return f"{kind}, {processes} process{'es' if processes > 1 else ''}"
 
 
 def on_main(write: Callable[[], Any]) -> None:
@@ -718,4 +727,5 @@ def implant(
         kept_epoch=stats["kept_epoch"],
         lr_end=stats["lr_end"],
         rows_skipped=dead,
+        launch=stats["launch"],
     )

