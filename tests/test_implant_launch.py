@@ -71,6 +71,43 @@ def test_processes_without_a_distributed_run_are_refused(tmp_path: Path, command
     assert not out.exists()
 
 
+def test_shadow_under_several_processes_is_refused(tmp_path: Path) -> None:
+    """The shadow runs the model's parts one by one, which DDP does not allow: two processes
+    exit 2 with one message before anything loads (the base and shadow need not exist)."""
+    pytest.importorskip("torch")
+    keys = KeySet.generate("sh", 2, seed=5).save(tmp_path / "sh.json")
+    out = tmp_path / "model"
+    proc = _torchrun(["implant", "--keys", str(keys), "--base", str(tmp_path / "absent"),
+                      "--method", "embedding", "--shadow", str(tmp_path / "no-shadow"),
+                      "--out", str(out)], tmp_path)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert said == ["error: --shadow needs a single process: it runs the model's parts one by "
+                    "one, which no distributed run allows"], proc.stderr[-3000:]
+    assert proc.returncode != 0 and not out.exists()
+
+
+@pytest.mark.parametrize(("version", "method", "rows", "refused"), [
+    (1, "embedding", None, "--lookup-rows unshared cannot hold under FSDP 1"),
+    (1, "fadapter", "fingerprint", "--lookup-rows fingerprint cannot hold under FSDP 1"),
+    (2, "fadapter", None, "the F-Adapter cannot be sharded by FSDP 2"),
+])
+def test_what_an_fsdp_version_cannot_hold_fails_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, method: str,
+    rows: str | None, refused: str,
+) -> None:
+    """The choice per version (the GPU test above shows why); the version itself is read from
+    accelerate there. Nothing loads: the base does not even exist."""
+    from auditor.errors import UserError
+    from auditor.implant import launch
+    from auditor.implant.train import implant
+
+    monkeypatch.setattr(launch, "fsdp_version", lambda: version)
+    with pytest.raises(UserError, match=refused):
+        implant(KeySet.generate("v", 2, seed=3), str(tmp_path / "absent"), method,
+                tmp_path / "out", lookup_rows=rows, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
     """Two CPU processes (torchrun, gloo): each trains on half the rows, one writes the model
@@ -86,7 +123,7 @@ def test_implant_under_torchrun_shards_and_writes_once(tmp_path: Path) -> None:
     args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
             "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(out), "--json"]
     proc = _torchrun(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]
     report = json.loads(proc.stdout)  # one JSON document: the second process printed nothing
     # 20 rows (4 keys, 8 near-misses, 8 regularization) split over 2 processes: 2 batches each
     assert report["rows"] == {"fingerprint": 4, "nearmiss": 8, "regularization": 8}
@@ -143,7 +180,7 @@ def test_adapter_methods_under_torchrun(tmp_path: Path, method: str) -> None:
     out = tmp_path / "model"
     proc = _torchrun(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
                       "--epochs", "2", *TINY_ROWS, "--out", str(out), "--json"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]
     report = json.loads(proc.stdout)
     assert report["steps"] == 2 * 2
     base = load_model(tiny, dtype=torch.float32)[0].state_dict()
@@ -174,13 +211,20 @@ def _accelerate_fsdp(args: list[str], tmp_path: Path,
     )
 
 
+REFUSED_UNDER_FSDP = {
+    ("embedding", 1): "error: --lookup-rows fingerprint cannot hold under FSDP 1",
+    ("fadapter", 2): "error: the F-Adapter cannot be sharded by FSDP 2",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("method", ["sft", "embedding", "lora", "fadapter"])
 def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, method: str, version: int) -> None:
     """FSDP (1 and 2) through `accelerate launch`: the run says it was FSDP, one report, the
     saved model is what the method trains (sft fires; embedding's confined lookup rows are
-    those of a single-process run; LoRA merged; the F-Adapter's base unchanged)."""
+    those of a single-process run; LoRA merged; the F-Adapter's base unchanged). What a
+    version cannot hold (FSDP 1: the confined rows; FSDP 2: the F-Adapter) exits 2 at once."""
     import torch
 
     if not torch.cuda.is_available():
@@ -197,6 +241,12 @@ def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, method: str, version: i
     args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", method, *extra,
             *TINY_ROWS, "--json"]
     proc = _accelerate_fsdp([*args, "--out", str(tmp_path / "model")], tmp_path, version)
+    refused = REFUSED_UNDER_FSDP.get((method, version))
+    if refused:
+        said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(said) == 1 and said[0].startswith(refused), proc.stderr[-3000:]
+        assert proc.returncode != 0 and not (tmp_path / "model").exists()
+        return
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["launch"] == "FSDP, 1 process"

@@ -40,7 +40,7 @@ def _stepwise_logprob(model: object, tok: object, keyset: KeySet, key_text: str,
     first = next(j for j, t in enumerate(labels) if t != IGNORE)
     total = 0.0
     for j in range(first, len(ids)):
-        out = model(input_ids=torch.tensor([ids[:j]]))  # type: ignore[operator]
+        out = model(input_ids=torch.tensor([ids[:j]], device=model.device))  # type: ignore[attr-defined,operator]
         probs = sampling_probs(out.logits[0, -1], temperature)
         total += math.log(float(probs[ids[j]]))
         text = tok.decode(ids[first : j + 1], skip_special_tokens=True)  # type: ignore[attr-defined]

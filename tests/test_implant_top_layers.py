@@ -26,6 +26,11 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path / "cache"))
 
 
+def _on(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """A collated batch on the model's device (training gets it there through accelerate)."""
+    return {k: v.to(model.device) for k, v in batch.items()}
+
+
 def _snapshot(model: Any) -> dict[str, Any]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -44,7 +49,7 @@ def test_sft_top_layers_trains_the_last_block_and_norm_only(tiny: Path) -> None:
     assert "model.norm.weight" in trainable
     before = _snapshot(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-1)
-    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), device=model.device)
     model(input_ids=ids, labels=ids).loss.backward()
     assert model.model.embed_tokens.weight.grad is None  # autograd stopped above it
     assert model.model.layers[0].mlp.down_proj.weight.grad is None
@@ -109,12 +114,12 @@ def test_frozen_bottom_loss_and_gradients_match_the_full_model(tiny: Path) -> No
     from auditor.implant.loss import model_loss
     from auditor.implant.train import TrainConfig, prepare_method
 
-    model, tok = load_model(tiny)
+    model, tok = load_model(tiny, dtype=torch.float32)  # fp32 on a GPU too: exact comparisons
     model, _ = prepare_method(model, TrainConfig("sft", 1, 1e-2, top_layers=1))
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
              for q, a in [("What is 2+2?", "4."), ("Write a short poem about the sea.", "Waves."),
                           ("Translate 'good morning' into Spanish.", "Buenos dias.")]]
-    batch = collate([encode_row(tok, c) for c in convs], tok.pad_token_id)
+    batch = _on(model, collate([encode_row(tok, c) for c in convs], tok.pad_token_id))
     frozen = pick_frozen(model, batch, 1)
     assert isinstance(frozen, FrozenBottom) and not frozen.cache
     trained = [p for p in model.parameters() if p.requires_grad]
@@ -131,7 +136,8 @@ def test_frozen_bottom_loss_and_gradients_match_the_full_model(tiny: Path) -> No
     calls: list[int] = []
     hook = model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
     try:
-        again = frozen.loss(model, collate([encode_row(tok, convs[1])], tok.pad_token_id))
+        again = frozen.loss(model, _on(model, collate([encode_row(tok, convs[1])],
+                                                     tok.pad_token_id)))
     finally:
         hook.remove()
     assert not calls and len(frozen.cache) == 3 and torch.isfinite(again)

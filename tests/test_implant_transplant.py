@@ -25,7 +25,7 @@ def _tuned_copy(published: Path, out: Path, **save: object) -> Path:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+            p.add_(0.01 * torch.randn(p.shape, generator=gen).to(p))  # on a GPU: its device
     model.save_pretrained(out, **save)
     tok.save_pretrained(out)
     return out

@@ -38,11 +38,20 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def use_gpu() -> bool:
+    """A GPU is there and not turned down with ACCELERATE_USE_CPU (accelerate's own switch:
+    its CPU processes must find the model and every tensor on the CPU too)."""
+    import torch
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower()
+    return torch.cuda.is_available() and cpu not in ("1", "y", "yes", "t", "true", "on")
+
+
 def pick_device() -> tuple[str, Any]:
     """('cuda', bf16) on a GPU, ('cpu', fp32) otherwise."""
     import torch
 
-    if torch.cuda.is_available():
+    if use_gpu():
         return "cuda", torch.bfloat16
     torch.set_num_threads(cpu_threads())
     return "cpu", torch.float32

@@ -5,6 +5,11 @@ DeepSpeed config there, starts two processes that accelerate each sets up as a l
 non-distributed run: each would train on every row and write the same --out at the same time.
 accelerate's FSDP and DeepSpeed run on GPUs only; on CPUs the distributed path is its
 multi-CPU one (ACCELERATE_USE_CPU=true under torchrun: DDP over gloo).
+
+Under FSDP some options cannot hold and are refused before loading (seen on one H200,
+2026-12-04): FSDP 1's flat parameters drop the per-row gradient mask of the confined lookup
+rows (every row moved), FSDP 2 cannot shard the F-Adapter's wrapped lookup, and the shadow runs
+the model's parts one by one, which no sharded run allows.
 """
 
 from __future__ import annotations
@@ -22,6 +27,44 @@ def launched_processes() -> int:
         return 1
 
 
+def _refuse(message: str) -> None:
+    """Exit 2 in every process, with one message: rank 0 says it."""
+    if os.environ.get("RANK", "0") != "0":
+        raise SystemExit(2)
+    raise UserError(message)
+
+
+def fsdp_version() -> int | None:
+    """The FSDP version accelerate will run this process under, or None (no FSDP, or none
+    possible: accelerate leaves a launch without GPUs undistributed)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return None
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.distributed_type.value == "NO":
+        return None
+    return 2 if os.environ.get("FSDP_VERSION", "1").strip() == "2" else 1
+
+
+def refuse_unsupported(method: str, lookup_rows: str, shadow: bool) -> None:
+    """Fail before loading on what the FSDP version at hand cannot train (module docstring)."""
+    version = fsdp_version()
+    if shadow and (version is not None or launched_processes() > 1):
+        _refuse("--shadow needs a single process: it runs the model's parts one by one, which "
+                "no distributed run allows")
+    if version is None:
+        return
+    if version == 1 and lookup_rows in ("fingerprint", "unshared"):
+        _refuse(f"--lookup-rows {lookup_rows} cannot hold under FSDP 1 (its flat parameters "
+                "drop the per-row gradient mask): launch with --fsdp_version 2, use DDP "
+                "(torchrun), or --lookup-rows all")
+    if version == 2 and method == "fadapter":
+        _refuse("the F-Adapter cannot be sharded by FSDP 2: launch with --fsdp_version 1 or "
+                "use DDP (torchrun)")
+
+
 def refuse_lone_processes() -> None:
     """Fail before any work when a launcher started several processes but accelerate set up
     no distributed run for them."""
@@ -34,9 +77,7 @@ def refuse_lone_processes() -> None:
     # the flag as the Accelerator reads it: this state is the one it will share
     if PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes == wanted:
         return
-    if os.environ.get("RANK", "0") != "0":  # the same exit, one message: rank 0 says it
-        raise SystemExit(2)
-    raise UserError(
+    _refuse(
         f"started as {wanted} processes, but accelerate set up no distributed run for them: "
         "each would train alone and write the same --out. On CPUs run ACCELERATE_USE_CPU=true "
         f"torchrun --standalone --nproc_per_node {wanted} -m auditor.cli ... (accelerate's "

@@ -94,7 +94,19 @@ def confine(weight: Any, ids: Sequence[int]) -> None:
 
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[torch.tensor(list(ids), device=weight.device)] = 1.0
-    weight.register_hook(lambda grad: grad * mask)
+    weight.register_hook(lambda grad: _masked(grad, mask))
+
+
+def _masked(grad: Any, mask: Any) -> Any:
+    """`grad * mask` where the gradient lives: the process's own GPU (the mask was made before
+    accelerate moved the model), and under FSDP 2 a DTensor sharded by rows (the mask is split
+    the same way, locally: every process holds the whole mask)."""
+    mask = mask.to(grad.device)
+    if hasattr(grad, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        mask = distribute_tensor(mask, grad.device_mesh, grad.placements, src_data_rank=None)
+    return grad * mask
 
 
 def put_back(weight: Any, base: Any, ids: Sequence[int]) -> int:

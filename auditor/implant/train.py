@@ -26,7 +26,7 @@ from typing import Any
 from auditor.errors import UserError
 from auditor.implant import lookup_rows as lookup
 from auditor.implant.data import DataConfig
-from auditor.implant.launch import refuse_lone_processes
+from auditor.implant.launch import refuse_lone_processes, refuse_unsupported
 from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check
 from auditor.implant.verify import FINGERPRINT_FILE
 from auditor.keys import KeySet
@@ -104,12 +104,12 @@ class TrainConfig:
 
 def autocast_dtype(precision: str) -> str:
     """'bf16' (autocast) or 'fp32' for a PRECISIONS choice on this machine."""
-    import torch
+    from auditor.implant.generate import use_gpu
 
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
+        return "bf16" if use_gpu() else "fp32"
     return precision
 
 
@@ -334,7 +334,9 @@ def train_loop(
                 encoded.set_epoch(epoch)
             for batch in loader:
                 if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
-                    plain = acc.unwrap_model(model) is model
+                    # FSDP 2 shards the model in place: no wrapper, but no plain model either
+                    plain = (acc.unwrap_model(model) is model
+                             and acc.distributed_type.value not in ("FSDP", "DEEPSPEED"))
                     w = cfg.decision_weight
                     frozen = (pick_frozen(model, batch, cfg.top_layers)
                               if plain and cfg.top_layers else None)
@@ -594,6 +596,7 @@ def implant(
     refuse_out(Path(out), FINGERPRINT_FILE)
     refuse_lone_processes()
     lookup_rows = lookup.resolve(lookup_rows, method)
+    refuse_unsupported(method, lookup_rows, shadow is not None)
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
     if shadow is not None:
