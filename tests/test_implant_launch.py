@@ -24,6 +24,7 @@ def _torchrun(args: list[str], tmp_path: Path,
     """`auditor` under torchrun, two processes; `cpu`: accelerate's multi-CPU (gloo) mode."""
     # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
     env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "AUDITOR_DEBUG": "1",
            "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
     if cpu:
@@ -201,7 +202,8 @@ def _accelerate_fsdp(args: list[str], tmp_path: Path,
                      version: int) -> subprocess.CompletedProcess[str]:
     """`auditor` under `accelerate launch --use_fsdp`, one GPU process (accelerate runs FSDP
     on GPUs only); a free port each, so these may run side by side."""
-    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "AUDITOR_DEBUG": "1"}
     env.pop("ACCELERATE_USE_CPU", None)
     return subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version",

@@ -323,6 +323,8 @@ def train_loop(
         "stopped_early": False,
         "launch": launch_name(acc.distributed_type.value, acc.num_processes),
     }
+    # FSDP may hand back new parameter objects: the kept copies and the clip follow them
+    params = [p for p in model.parameters() if p.requires_grad]
     best = Best(params, cfg.keep_best, cfg.stop_near_miss, cfg.stop_fire_prob or 0.0)
     loss_fn: Loss | None = None
     start = time.monotonic()
@@ -352,7 +354,9 @@ def train_loop(
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
-                acc.clip_grad_norm_(params, 1.0)
+                # every parameter (frozen ones have no gradient): accelerate clips sharded
+                # gradients itself only when given all of the model's
+                acc.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -414,7 +418,14 @@ def on_main(write: Callable[[], Any]) -> None:
     state = PartialState()
     if state.is_main_process:
         write()
-    state.wait_for_everyone()
+    if state.distributed_type.value == "MULTI_CPU":
+        # accelerate before 1.16 ran this barrier on the machine's GPU when there was one
+        # (device_ids = the process index): on a 1-GPU machine rank 1 failed there
+        import torch
+
+        torch.distributed.barrier()
+    else:
+        state.wait_for_everyone()
 
 
 def refuse_out(out: Path, record: str) -> None:
