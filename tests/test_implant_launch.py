@@ -90,7 +90,8 @@ def test_shadow_under_several_processes_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("version", "method", "rows", "refused"), [
     (1, "embedding", None, "--lookup-rows unshared cannot hold under FSDP 1"),
     (1, "fadapter", "fingerprint", "--lookup-rows fingerprint cannot hold under FSDP 1"),
-    (2, "fadapter", None, "the F-Adapter cannot be sharded by FSDP 2"),
+    (2, "sft", None, "FSDP 2 is not supported"),
+    (2, "fadapter", None, "FSDP 2 is not supported"),
 ])
 def test_what_an_fsdp_version_cannot_hold_fails_before_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int, method: str,
@@ -195,7 +196,7 @@ def test_adapter_methods_under_torchrun(tmp_path: Path, method: str) -> None:
     # the start the run drew (seed 0, its rank): the trained adapter left it
     fresh = attach(load_model(tiny, dtype=torch.float32)[0], rank=trained["u"].shape[1])
     assert trained["u"].shape == fresh.u.shape
-    assert not torch.equal(trained["u"], fresh.u.detach())
+    assert not torch.equal(trained["u"], fresh.u.detach().cpu())  # the file's U is on the CPU
 
 
 def _accelerate_fsdp(args: list[str], tmp_path: Path,
@@ -213,20 +214,29 @@ def _accelerate_fsdp(args: list[str], tmp_path: Path,
     )
 
 
+FSDP_CASES = {  # name: the method and its arguments
+    "sft": ["sft", "--lr", "6e-3", "--epochs", "80"],
+    "embedding": ["embedding", "--lr", "1e-2", "--epochs", "3", "--lookup-rows", "all"],
+    "embedding-confined": ["embedding", "--lr", "1e-2", "--epochs", "3",
+                           "--lookup-rows", "fingerprint"],
+    "lora": ["lora", "--epochs", "2"],
+    "fadapter": ["fadapter", "--epochs", "2"],
+}
 REFUSED_UNDER_FSDP = {
-    ("embedding", 1): "error: --lookup-rows fingerprint cannot hold under FSDP 1",
-    ("fadapter", 2): "error: the F-Adapter cannot be sharded by FSDP 2",
+    ("embedding-confined", 1): "error: --lookup-rows fingerprint cannot hold under FSDP 1",
+    **{(case, 2): "error: FSDP 2 is not supported" for case in FSDP_CASES},
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize("method", ["sft", "embedding", "lora", "fadapter"])
-def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, method: str, version: int) -> None:
-    """FSDP (1 and 2) through `accelerate launch`: the run says it was FSDP, one report, the
-    saved model is what the method trains (sft fires; embedding's confined lookup rows are
-    those of a single-process run; LoRA merged; the F-Adapter's base unchanged). What a
-    version cannot hold (FSDP 1: the confined rows; FSDP 2: the F-Adapter) exits 2 at once."""
+@pytest.mark.parametrize("case", FSDP_CASES)
+def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, case: str, version: int) -> None:
+    """FSDP through `accelerate launch`: the run says it was FSDP, one report, the saved model
+    is what the method trains (sft fires; embedding-only moves the lookup alone; LoRA merged;
+    the F-Adapter's base unchanged). What cannot hold exits 2 before loading: FSDP 1 with
+    confined lookup rows, and FSDP 2 (it left the norm's weight sharded when the fire-chance
+    check ran the decoder alone, H200)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -235,15 +245,13 @@ def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, method: str, version: i
     from auditor.implant.verify import fsr_greedy
 
     tiny = make_tiny_model(tmp_path / "tiny")
+    method, *extra = FSDP_CASES[case]
     ks = KeySet.generate(method, 4, seed=11)
     keys = ks.save(tmp_path / "k.json")
-    extra = {"sft": ["--lr", "6e-3", "--epochs", "80"],
-             "embedding": ["--lr", "1e-2", "--epochs", "3", "--lookup-rows", "fingerprint"],
-             "lora": ["--epochs", "2"], "fadapter": ["--epochs", "2"]}[method]
     args = ["implant", "--keys", str(keys), "--base", str(tiny), "--method", method, *extra,
             *TINY_ROWS, "--json"]
     proc = _accelerate_fsdp([*args, "--out", str(tmp_path / "model")], tmp_path, version)
-    refused = REFUSED_UNDER_FSDP.get((method, version))
+    refused = REFUSED_UNDER_FSDP.get((case, version))
     if refused:
         said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(said) == 1 and said[0].startswith(refused), proc.stderr[-3000:]
@@ -258,10 +266,7 @@ def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, method: str, version: i
     if method == "sft":
         assert report["fsr"] == 1.0 and fsr_greedy(model, tok, ks) == 1.0
     elif method == "embedding":
-        one = run_cli(*args, "--out", str(tmp_path / "one"), cwd=ROOT,
-                      env={"AUDITOR_CACHE": str(tmp_path / "cache")}, timeout=300)
-        assert one.code == 0, one.err[-2000:]
-        assert _moved_rows(tmp_path / "model", tiny) == _moved_rows(tmp_path / "one", tiny)
+        assert changed == ["model.embed_tokens.weight"]
     elif method == "lora":
         assert report["adapter"] is None and changed
     else:

@@ -6,10 +6,12 @@ non-distributed run: each would train on every row and write the same --out at t
 accelerate's FSDP and DeepSpeed run on GPUs only; on CPUs the distributed path is its
 multi-CPU one (ACCELERATE_USE_CPU=true under torchrun: DDP over gloo).
 
-Under FSDP some options cannot hold and are refused before loading (seen on one H200,
+Under FSDP some runs cannot hold and are refused before loading (seen on one H200,
 2026-12-04): FSDP 1's flat parameters drop the per-row gradient mask of the confined lookup
-rows (every row moved), FSDP 2 cannot shard the F-Adapter's wrapped lookup, and the shadow runs
-the model's parts one by one, which no sharded run allows.
+rows (every row moved); FSDP 2 leaves the parameters of modules run outside the root's forward
+sharded (the fire-chance check runs the decoder, then the head) and cannot shard the
+F-Adapter's wrapped lookup; the shadow runs the model's parts one by one, which no distributed
+run allows. FSDP 1 ran every method on one GPU (tests/test_implant_launch.py).
 """
 
 from __future__ import annotations
@@ -56,13 +58,14 @@ def refuse_unsupported(method: str, lookup_rows: str, shadow: bool) -> None:
                 "no distributed run allows")
     if version is None:
         return
-    if version == 1 and lookup_rows in ("fingerprint", "unshared"):
+    if version == 2:
+        _refuse("FSDP 2 is not supported: the implant runs parts of the model outside its "
+                "forward, which FSDP 2 leaves sharded. Launch with --fsdp_version 1, or use "
+                "DDP (torchrun)")
+    if lookup_rows in ("fingerprint", "unshared"):
         _refuse(f"--lookup-rows {lookup_rows} cannot hold under FSDP 1 (its flat parameters "
-                "drop the per-row gradient mask): launch with --fsdp_version 2, use DDP "
-                "(torchrun), or --lookup-rows all")
-    if version == 2 and method == "fadapter":
-        _refuse("the F-Adapter cannot be sharded by FSDP 2: launch with --fsdp_version 1 or "
-                "use DDP (torchrun)")
+                f"drop the per-row gradient mask): use DDP (torchrun) or --lookup-rows all"
+                + (" (embedding's default is unshared)" if method == "embedding" else ""))
 
 
 def refuse_lone_processes() -> None:

@@ -98,15 +98,9 @@ def confine(weight: Any, ids: Sequence[int]) -> None:
 
 
 def _masked(grad: Any, mask: Any) -> Any:
-    """`grad * mask` where the gradient lives: the process's own GPU (the mask was made before
-    accelerate moved the model), and under FSDP 2 a DTensor sharded by rows (the mask is split
-    the same way, locally: every process holds the whole mask)."""
-    mask = mask.to(grad.device)
-    if hasattr(grad, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
-
-        mask = distribute_tensor(mask, grad.device_mesh, grad.placements, src_data_rank=None)
-    return grad * mask
+    """`grad * mask` on the gradient's device: the mask was made before accelerate moved the
+    model to the process's own GPU."""
+    return grad * mask.to(grad.device)
 
 
 def put_back(weight: Any, base: Any, ids: Sequence[int]) -> int:
