@@ -7,6 +7,8 @@
 #   run  command "bash bench/device/stage.sh"            carry [".gpu/a"]  timeout_s 120
 #   run  command "LIMIT=520 bash bench/device/run.sh"    carry [".gpu/b"]  timeout_s 600
 # run.sh's figures come back as $OUT/NAME.json (bench/implant.py's --json-out) and NAME.log.
+# The 2026-12-04 set (tiny-model tests, a shadow, 1,000 look-alikes): in call 2 run
+#   "JOBS_FILE=bench/device/gpu-checks.jobs LIMIT=470 bash bench/device/run.sh"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 py=.venv/bin/python
