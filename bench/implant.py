@@ -73,7 +73,6 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                   precision=args.precision, max_epochs=args.max_epochs,
                   fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
                   recipe=args.recipe, shadow=shadow, shadow_weight=args.shadow_weight,
-                  shadow_rows=args.shadow_rows if shadow is not None else "all",
                   **options)
     row: dict[str, Any] = {
         "method": label(args.one, shadow),
@@ -272,8 +271,6 @@ def main() -> None:
                    "the base too (auditor shadow)")
     p.add_argument("--shadow-weight", type=float, default=1.0,
                    help="with --shadow: the shadow's share of the loss")
-    p.add_argument("--shadow-rows", default="all", choices=("all", "keys"),
-                   help="with --shadow: key and look-alike rows through it, or key rows alone")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -75,8 +75,7 @@ def test_embedding_through_a_shadow_is_its_own_row(
     assert "embedding+shadow" in proc.stdout  # the table's row
     [row] = json.loads(out.read_text())
     assert row["method"] == "embedding+shadow" and "partial" not in row
-    assert row["shadow"] == {"weight": 1.0, "rows_through": "all",
-                             **json.loads((shadow / "shadow.json").read_text())}
+    assert row["shadow"] == {"weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
     assert row["implant"]["epochs"] == 2 and row["implant"]["steps"] > 0
     assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= row["check"]["nearmiss_upper95"]
     attack = row["attacks"]["temperature"]

@@ -198,7 +198,7 @@ def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     lines = (imp.stdout + imp.stderr).splitlines()  # one line per epoch, not wrapped at 80
     assert sum("through the shadow: FSR" in line and line.endswith(" s") for line in lines) == 2
     training = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
-    assert training["shadow"] == {"weight": 0.5, "rows_through": "all", **record}
+    assert training["shadow"] == {"weight": 0.5, **record}
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in imp.stdout + imp.stderr
 

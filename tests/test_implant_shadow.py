@@ -71,7 +71,7 @@ def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     assert res.fsr == 1.0 and _digest(shadow) == before
     record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
     assert record["training"]["shadow"] == {
-        "weight": 1.0, "rows_through": "all", **json.loads((shadow / "shadow.json").read_text())}
+        "weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
 
     # decode through the shadow on our own: its (tied) lookup set to the published one plus
     # the shadow's drift from the base, plain tensors
@@ -97,53 +97,3 @@ def test_a_shadow_from_another_base_fails_before_loading(tmp_path: Path) -> None
         implant(KeySet.generate("tiny", 2, seed=3), str(small), "embedding", tmp_path / "m",
                 epochs=1, progress=False, shadow=other)
     assert not (tmp_path / "m").exists()
-
-
-def test_shadow_rows_keys_sends_the_key_rows_alone_through_it(
-    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """--shadow-rows keys: of a batch's hard rows only the key rows (answering the decryption)
-    go through the shadow; the look-alikes' refusals and soft-target rows do not. A run records
-    the choice, and without a shadow the option is refused before loading."""
-    from auditor.implant import shadow as shadows
-    from auditor.implant.data import DataConfig, build_rows, collate, encode_row
-    from auditor.implant.generate import load_model
-    from auditor.implant.train import implant
-
-    keyset = KeySet.generate("rows", 3, seed=5)
-    data = DataConfig(nearmiss_per_key=2, reg_per_key=1, fingerprint_repeats=1, reg_kl=False)
-    model, tok = load_model(tiny)
-    rows = build_rows(keyset, tiny, data, 0, model=model, tokenizer=tok)
-    encoded = [encode_row(tok, r.messages) for r in rows]
-    kinds = [r.kind for r in rows]
-    answers = shadows.key_answers(encoded, kinds)
-    assert len(answers) == 1  # every key row gives the same answer
-    batch = collate(encoded, tok.pad_token_id)
-    every = shadows._hard_rows(batch)
-    keys = shadows._hard_rows(batch, answers)
-    assert every is not None and keys is not None
-    assert every["input_ids"].shape[0] == len(rows)  # no soft targets here: every row is hard
-    assert keys["input_ids"].shape[0] == kinds.count("fingerprint") == 3
-    assert shadows._hard_rows(batch, frozenset({(1, 2, 3)})) is None
-
-    shadow = shadows.make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
-    sent: list[int] = []
-    real = shadows._hard_rows
-
-    def counted(b: dict[str, object], a: frozenset[tuple[int, ...]] | None = None) -> object:
-        got = real(b, a)
-        sent.append(0 if got is None else int(got["input_ids"].shape[0]))
-        return got
-
-    monkeypatch.setattr(shadows, "_hard_rows", counted)
-    res = implant(keyset, str(tiny), "embedding", tmp_path / "m", lr=1e-2, epochs=1, data=data,
-                  progress=False, early_stop=False, shadow=shadow, shadow_rows="keys")
-    assert sum(sent) == res.rows["fingerprint"]  # one epoch: each key row once, nothing else
-    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
-    assert record["training"]["shadow"]["rows_through"] == "keys"
-    with pytest.raises(UserError, match="--shadow-rows needs --shadow"):
-        implant(keyset, str(tiny), "embedding", tmp_path / "n", shadow_rows="keys",
-                progress=False)
-    with pytest.raises(UserError, match="unknown --shadow-rows"):
-        implant(keyset, str(tiny), "embedding", tmp_path / "n", shadow=shadow,
-                shadow_rows="some", progress=False)

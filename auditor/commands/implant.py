@@ -98,11 +98,6 @@ def implant_cmd(
     shadow_weight: Annotated[
         float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
     ] = 1.0,
-    shadow_rows: Annotated[
-        str, typer.Option("--shadow-rows", help="which rows also go through the shadow: the "
-                          "key and look-alike rows (all) or the key rows alone (keys: less "
-                          "work a step; the stop check still asks look-alikes through it)")
-    ] = "all",
     lookup_rows: Annotated[
         str | None, typer.Option("--lookup-rows", help="embedding (and the F-Adapter's U): "
                           "which lookup rows change: the key rows' tokens less every token "
@@ -187,7 +182,6 @@ def implant_cmd(
         fadapter_head=not fadapter_input_only,
         shadow=shadow,
         shadow_weight=shadow_weight,
-        shadow_rows=shadow_rows,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,

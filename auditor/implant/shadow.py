@@ -25,7 +25,6 @@ from auditor.keys import KeySet
 
 SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
 SHADOW_SEED = 1  # the robustness attack's user rows are drawn with seed 0
-SHADOW_ROWS = ("all", "keys")  # through the shadow: key and look-alike rows, or key rows
 
 
 @dataclass
@@ -33,9 +32,6 @@ class Shadow:
     model: Any  # the shadow, its input lookup replaced by the trained one plus its own drift
     weight: float
     record: dict[str, Any]
-    # with --shadow-rows keys: the key rows' answers (label ids); rows answering otherwise
-    # (the look-alikes' refusals) skip the shadow
-    key_answers: frozenset[tuple[int, ...]] | None = None
 
     def wrap(self, loss_fn: Any, decision_weight: float, live: LiveRows | None = None) -> Any:
         """`loss_fn` plus `weight` x the same loss through the shadow on the batch's rows
@@ -50,7 +46,7 @@ class Shadow:
 
         def both(model: Any, batch: dict[str, Any]) -> Any:
             loss = loss_fn(model, batch)
-            sub = _hard_rows(batch, self.key_answers)
+            sub = _hard_rows(batch)
             more = None if sub is None else through(self.model, sub)
             return loss if more is None else loss + self.weight * more
 
@@ -64,41 +60,22 @@ class Shadow:
         return quick_check(self.model, tokenizer, keyset, n_controls, seed=seed, bf16=bf16)
 
 
-def _hard_rows(batch: dict[str, Any],
-               answers: frozenset[tuple[int, ...]] | None = None) -> dict[str, Any] | None:
-    """The batch's rows without soft targets (and with `answers`, only those answering one of
-    them), trimmed to their width; None if there are none."""
+def _hard_rows(batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch's rows without soft targets, trimmed to their width; None if there are none."""
     import torch
-
-    from auditor.implant.data import IGNORE
 
     n = batch["input_ids"].shape[0]
     keep = (~batch["soft_on"].any(dim=1) if "soft_on" in batch
             else torch.ones(n, dtype=torch.bool, device=batch["input_ids"].device))
-    if answers is not None:
-        labels = batch["labels"]
-        said = [tuple(row[row != IGNORE].tolist()) for row in labels]
-        keep &= torch.tensor([a in answers for a in said], device=keep.device)
     if not bool(keep.any()):
         return None
     return take_rows({k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, keep)
 
 
-def key_answers(encoded: list[Any], kinds: list[str]) -> frozenset[tuple[int, ...]]:
-    """The label ids of the key rows' answers (each row: ids, labels, ...)."""
-    from auditor.implant.data import IGNORE
-
-    return frozenset(tuple(t for t in row[1] if t != IGNORE)
-                     for row, kind in zip(encoded, kinds, strict=True) if kind == "fingerprint")
-
-
-def validate(shadow_dir: Path, weight: float, rows: str = "all") -> None:
-    """Fail before any loading on a shadow dir that is no checkpoint, a weight out of range or
-    an unknown choice of rows."""
+def validate(shadow_dir: Path, weight: float) -> None:
+    """Fail before any loading on a shadow dir that is no checkpoint or a weight out of range."""
     from auditor.implant.generate import is_model_dir
 
-    if rows not in SHADOW_ROWS:
-        raise UserError(f"unknown --shadow-rows {rows!r} (known: {', '.join(SHADOW_ROWS)})")
     if not is_model_dir(shadow_dir):
         raise UserError(f"--shadow is not a transformers checkpoint dir: {shadow_dir}")
     if not 0.0 < weight <= 100.0:

@@ -570,7 +570,6 @@ def implant(
     shadow: Path | None = None,
     shadow_weight: float = 1.0,
     lookup_rows: str | None = None,
-    shadow_rows: str = "all",
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
@@ -611,14 +610,12 @@ def implant(
     refuse_unsupported(method, lookup_rows, shadow is not None)
     if shadow is None and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
-    if shadow is None and shadow_rows != "all":
-        raise UserError("--shadow-rows needs --shadow")
     if shadow is not None:
         from auditor.implant.shadow import validate
 
         if method != "embedding":
             raise UserError("--shadow applies to the embedding method only")
-        validate(Path(shadow), shadow_weight, shadow_rows)
+        validate(Path(shadow), shadow_weight)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -695,8 +692,6 @@ def implant(
 
         twin = shadows.attach(model, model.get_input_embeddings().weight, Path(shadow),
                               shadow_weight)
-        if shadow_rows == "keys":
-            twin.key_answers = shadows.key_answers(every, [r.kind for r in rows])
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
                        kinds if data.balanced else None, twin, live)
     if saved is not None:
@@ -708,8 +703,7 @@ def implant(
     if recipe is not None:
         record["training"]["recipe"] = recipe
     if twin is not None:
-        record["training"]["shadow"] = {"weight": shadow_weight, "rows_through": shadow_rows,
-                                        **twin.record}
+        record["training"]["shadow"] = {"weight": shadow_weight, **twin.record}
     if method in ("embedding", "fadapter"):
         record["training"]["lookup_rows"] = lookup_rows
     if method == "embedding":
