@@ -42,9 +42,9 @@ def use_gpu() -> bool:
     """A GPU is there and not turned down with ACCELERATE_USE_CPU (accelerate's own switch:
     its CPU processes must find the model and every tensor on the CPU too)."""
     import torch
+    from accelerate.utils import parse_flag_from_env
 
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower()
-    return torch.cuda.is_available() and cpu not in ("1", "y", "yes", "t", "true", "on")
+    return torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
 
 
 def pick_device() -> tuple[str, Any]:

@@ -17,6 +17,7 @@ run allows. FSDP 1 ran full SFT, LoRA and the F-Adapter on one GPU (tests/test_i
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from auditor.errors import UserError
 
@@ -36,16 +37,23 @@ def _refuse(message: str) -> None:
     raise UserError(message)
 
 
+def _state() -> Any:
+    """accelerate's process state, read with the ACCELERATE_USE_CPU flag the Accelerator uses:
+    this state is the one it will share."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def fsdp_version() -> int | None:
     """The FSDP version accelerate will run this process under, or None (no FSDP, or none
     possible: accelerate leaves a launch without GPUs undistributed)."""
-    from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return None
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.distributed_type.value == "NO":
+    if _state().distributed_type.value == "NO":
         return None
     return 2 if os.environ.get("FSDP_VERSION", "1").strip() == "2" else 1
 
@@ -74,11 +82,7 @@ def refuse_lone_processes() -> None:
     wanted = launched_processes()
     if wanted == 1:
         return
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    # the flag as the Accelerator reads it: this state is the one it will share
-    if PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes == wanted:
+    if _state().num_processes == wanted:
         return
     _refuse(
         f"started as {wanted} processes, but accelerate set up no distributed run for them: "
