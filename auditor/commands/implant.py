@@ -147,6 +147,12 @@ def implant_cmd(
         int | None, typer.Option("--confirm-controls", help="fresh look-alikes scored before "
                                  "a stop, pooled with the check's (0 turns it off)"),
     ] = None,
+    prefix_cache: Annotated[
+        bool, typer.Option("--prefix-cache/--no-prefix-cache",
+                           help="embedding on confined lookup rows: run each row's positions "
+                           "before its first trained token once, not at every step (same "
+                           "gradient)")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Implant the key set's fingerprint into a base model; write the model + fingerprint.json."""
@@ -180,6 +186,7 @@ def implant_cmd(
         early_stop=not no_early_stop,
         max_epochs=max_epochs,
         fadapter_head=not fadapter_input_only,
+        prefix_cache=prefix_cache,
         shadow=shadow,
         shadow_weight=shadow_weight,
         merge_lora=not keep_lora,
@@ -216,7 +223,9 @@ def implant_cmd(
             ("weakest key's exact t=0.7 fire chance", _pct(res.fire_min)),
             ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items()) + (
                 f" ({res.rows_skipped} hold no trained token: not run)"
-                if res.rows_skipped else "")),
+                if res.rows_skipped else "") + (
+                f"; {_pct(res.prefix_skipped)} of the other rows' positions come before "
+                "their first trained token: run once" if res.prefix_skipped else "")),
             ("device", f"{res.device} ({res.launch})"),
         ],
     )

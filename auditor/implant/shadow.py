@@ -21,6 +21,7 @@ from typing import Any
 
 from auditor.errors import UserError
 from auditor.implant.live_rows import LiveRows, take_rows
+from auditor.implant.prefix import Prefixes
 from auditor.keys import KeySet
 
 SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
@@ -32,22 +33,35 @@ class Shadow:
     model: Any  # the shadow, its input lookup replaced by the trained one plus its own drift
     weight: float
     record: dict[str, Any]
+    prefixes: Prefixes | None = None  # kept prefixes of its rows, once picked (prefix.py)
 
-    def wrap(self, loss_fn: Any, decision_weight: float, live: LiveRows | None = None) -> Any:
+    def wrap(self, loss_fn: Any, decision_weight: float, live: LiveRows | None = None,
+             prefix: bool = False) -> Any:
         """`loss_fn` plus `weight` x the same loss through the shadow on the batch's rows
         without soft targets: with --reg-kl (the clean recipe) the keys and look-alikes, as
         regularization pulls toward the base's own distribution, not the shadow's. With
-        `live`, those of them that hold no trained token are skipped (live_rows.py)."""
+        `live`, those of them that hold no trained token are skipped (live_rows.py); with
+        `prefix` too, their constant prefixes run once (prefix.py)."""
         from auditor.implant.loss import answer_loss
+        from auditor.implant.prefix import pick_prefix
 
-        through: Any = partial(answer_loss, decision_weight=decision_weight)
-        if live is not None:
-            through = live.wrap(through)
+        plain: Any = partial(answer_loss, decision_weight=decision_weight)
+        picked: list[Any] = []
+
+        def through(model: Any, batch: dict[str, Any]) -> Any:
+            if not picked:  # checked on the shadow's first rows, as for the published model
+                if prefix and live is not None:
+                    self.prefixes = pick_prefix(model, batch, live.trained, decision_weight,
+                                                plain)
+                picked.append(plain if self.prefixes is None else self.prefixes.loss)
+            return picked[0](model, batch)
+
+        run: Any = live.wrap(through) if live is not None else through
 
         def both(model: Any, batch: dict[str, Any]) -> Any:
             loss = loss_fn(model, batch)
             sub = _hard_rows(batch)
-            more = None if sub is None else through(self.model, sub)
+            more = None if sub is None else run(self.model, sub)
             return loss if more is None else loss + self.weight * more
 
         return both

@@ -63,6 +63,7 @@ class ImplantResult:
     kept_epoch: int = 0  # the epoch whose weights were saved
     lr_end: float = 0.0  # the learning rate after the last step run
     rows_skipped: int = 0  # rows with no trained token: no gradient, not run (live_rows.py)
+    prefix_skipped: float = 0.0  # share of the live rows' positions run once only (prefix.py)
     launch: str = "one process"  # or accelerate's distributed type and process count
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class TrainConfig:
     untie_head: bool = True  # embedding: a tied output head gets its own frozen copy
     max_epochs: int | None = None  # run at most this many; the lr schedule still spans `epochs`
     fadapter_head: bool = True  # fadapter: a tied output head shares the adapter
+    prefix_cache: bool = True  # live rows: constant prefixes run once (prefix.py)
 
     @property
     def run_epochs(self) -> int:
@@ -283,6 +285,7 @@ def train_loop(
     from auditor.implant.frozen import pick_frozen
     from auditor.implant.loss import Loss, model_loss, pick_loss
     from auditor.implant.order import BalancedOrder
+    from auditor.implant.prefix import Prefixes, pick_prefix, skipped_share
 
     # autocast is ours, not the Accelerator's: its state is one per process and cannot change
     # precision between two runs in the same process
@@ -327,6 +330,7 @@ def train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     best = Best(params, cfg.keep_best, cfg.stop_near_miss, cfg.stop_fire_prob or 0.0)
     loss_fn: Loss | None = None
+    prefixed: Prefixes | None = None
     start = time.monotonic()
     run = cfg.run_epochs
     with _progress(progress and acc.is_main_process, run * len(loader)) as bar:
@@ -346,11 +350,14 @@ def train_loop(
                                else pick_loss(model, batch, w) if plain
                                else partial(model_loss, decision_weight=w))
                     if live is not None and plain:
-                        loss_fn = live.wrap(loss_fn, partial(_zero_loss, model))
+                        if frozen is None and cfg.prefix_cache:
+                            prefixed = pick_prefix(model, batch, live.trained, w, loss_fn)
+                        loss_fn = live.wrap(loss_fn if prefixed is None else prefixed.loss,
+                                            partial(_zero_loss, model))
                     if shadow is not None:
                         if not plain:
                             raise UserError("--shadow needs a single-process run")
-                        loss_fn = shadow.wrap(loss_fn, w, live)
+                        loss_fn = shadow.wrap(loss_fn, w, live, prefix=prefixed is not None)
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
@@ -397,6 +404,8 @@ def train_loop(
         stats["fsr"], stats["near"], stats["fire"] = best.figures
         if progress:
             bar.console.print(f"kept epoch {best.epoch}, the best checked one")
+    stats["prefix_skipped"] = skipped_share(
+        [prefixed, None if shadow is None else shadow.prefixes])
     stats["model"] = acc.unwrap_model(model)
     stats["lr_end"] = float(opt.param_groups[0]["lr"])
     stats["seconds"] = time.monotonic() - start
@@ -559,6 +568,7 @@ def implant(
     check_every: int = 1,
     fadapter_rank: int = 64,
     fadapter_head: bool = True,
+    prefix_cache: bool = True,
     stop_near_miss: float = 0.0,
     stop_fire_prob: float | None = None,
     keep_best: bool = False,
@@ -640,6 +650,7 @@ def implant(
         untie_head=untie_head,
         max_epochs=max_epochs,
         fadapter_head=fadapter_head,
+        prefix_cache=prefix_cache,
     )
     base_dir = resolve_base(base)
     if shadow is not None:
@@ -741,5 +752,6 @@ def implant(
         kept_epoch=stats["kept_epoch"],
         lr_end=stats["lr_end"],
         rows_skipped=dead,
+        prefix_skipped=stats["prefix_skipped"],
         launch=stats["launch"],
     )
