@@ -123,7 +123,8 @@ def test_an_unshared_implant_through_a_shadow_trains_the_same_skipping_dead_rows
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two epochs of `unshared` through a shadow, once skipping the regularization rows (none
-    holds a trained token) and once running every row: the same published lookup."""
+    holds a trained token) and once running every row: the same published lookup (every
+    position run both times: test_implant_prefix.py checks the kept prefixes)."""
     from safetensors.torch import load_file
 
     from auditor.implant import live_rows, train
@@ -142,7 +143,7 @@ def test_an_unshared_implant_through_a_shadow_trains_the_same_skipping_dead_rows
     def run(out: Path, skipped: int | None = None) -> Any:
         res = train.implant(keyset, str(tiny), "embedding", out, lr=1e-2, epochs=2, data=data,
                             progress=False, early_stop=False, lookup_rows="unshared",
-                            shadow=shadow, decision_weight=10.0,
+                            shadow=shadow, decision_weight=10.0, prefix_cache=False,
                             precision="fp32")  # bf16 on a GPU rounds the two apart
         regularization = res.rows["regularization"]  # every one of them, only them
         assert res.rows_skipped == (regularization if skipped is None else skipped)

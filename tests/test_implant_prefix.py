@@ -94,31 +94,39 @@ def test_pick_prefix_keeps_the_loss_it_would_replace_when_they_differ(tiny: Path
     assert pick_prefix(model, batch, ids, 10.0, lambda m, b: plain(m, b) + 1.0) is None
 
 
-def test_an_unshared_implant_trains_the_same_with_kept_prefixes(tiny: Path,
-                                                                 tmp_path: Path) -> None:
-    """Two epochs of embedding-only on `unshared` rows, with and without the kept prefixes:
-    the same published lookup, to float noise, and the run says what it left out."""
+@pytest.mark.parametrize("method, extra", [
+    ("embedding", {}),
+    ("embedding", {"untie_head": False}),  # a tied head: no row is dead, every row's prefix kept
+    ("fadapter", {}),
+])
+def test_an_unshared_implant_trains_the_same_with_kept_prefixes(
+    tiny: Path, tmp_path: Path, method: str, extra: dict[str, Any]
+) -> None:
+    """Two epochs on `unshared` rows, with and without the kept prefixes: the same trained
+    weights (the lookup, or the F-Adapter's U and V), to float noise, and the run says what
+    it left out."""
     from safetensors.torch import load_file
 
-    from auditor.implant.train import implant
+    from auditor.implant.train import adapter_path_for, implant
 
     keyset = KeySet.generate("tiny", 3, seed=5)
     data = DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=1, reg_kl=True)
-    lookups, shares = [], []
+    base = load_file(tiny / "model.safetensors")["model.embed_tokens.weight"]
+    moves, shares = [], []  # how far training took the lookup (F-Adapter: U, which starts at 0)
     for cached in (True, False):
         out = tmp_path / str(cached)
-        res = implant(keyset, str(tiny), "embedding", out, lr=1e-2, epochs=2, data=data,
+        res = implant(keyset, str(tiny), method, out, lr=1e-2, epochs=2, data=data,
                       progress=False, early_stop=False, lookup_rows="unshared",
-                      decision_weight=10.0, precision="fp32", prefix_cache=cached)
-        lookups.append(load_file(out / "model.safetensors")["model.embed_tokens.weight"])
+                      decision_weight=10.0, precision="fp32", prefix_cache=cached, **extra)
+        moves.append(load_file(adapter_path_for(out))["u"] if method == "fadapter" else
+                     load_file(out / "model.safetensors")["model.embed_tokens.weight"] - base)
         shares.append(res.prefix_skipped)
     assert 0.05 < shares[0] < 0.9 and shares[1] == 0.0
-    base = load_file(tiny / "model.safetensors")["model.embed_tokens.weight"]
-    moved = float((lookups[1] - base).abs().max())
+    moved = float(moves[1].abs().max())
     assert moved > 1e-3
     # float noise in the gradients (~1e-7), which Adam scales up where a gradient is tiny:
     # about 3e-5 here, against moves of 2e-2
-    assert float((lookups[0] - lookups[1]).abs().max()) < 0.01 * moved
+    assert float((moves[0] - moves[1]).abs().max()) < 0.01 * moved
 
 
 @pytest.mark.slow

@@ -224,8 +224,8 @@ def implant_cmd(
             ("rows", ", ".join(f"{k}={v}" for k, v in res.rows.items()) + (
                 f" ({res.rows_skipped} hold no trained token: not run)"
                 if res.rows_skipped else "") + (
-                f"; {_pct(res.prefix_skipped)} of the other rows' positions come before "
-                "their first trained token: run once" if res.prefix_skipped else "")),
+                f"; {_pct(res.prefix_skipped)} of the positions of the rows run lie before "
+                "their first trained token: run once, then kept" if res.prefix_skipped else "")),
             ("device", f"{res.device} ({res.launch})"),
         ],
     )

@@ -41,8 +41,7 @@ class LiveRows:
     def __init__(self, ids: Sequence[int], decision_weight: float) -> None:
         import torch
 
-        self.trained = sorted(set(ids))
-        self.ids = torch.tensor(self.trained, dtype=torch.long)
+        self.ids = torch.tensor(sorted(set(ids)), dtype=torch.long)
         self.decision_weight = decision_weight
 
     def mask(self, batch: dict[str, Any]) -> Any:

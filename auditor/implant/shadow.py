@@ -14,6 +14,7 @@ torch is imported inside functions only.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,12 +37,13 @@ class Shadow:
     prefixes: Prefixes | None = None  # kept prefixes of its rows, once picked (prefix.py)
 
     def wrap(self, loss_fn: Any, decision_weight: float, live: LiveRows | None = None,
-             prefix: bool = False) -> Any:
+             constant: Sequence[int] | None = None) -> Any:
         """`loss_fn` plus `weight` x the same loss through the shadow on the batch's rows
         without soft targets: with --reg-kl (the clean recipe) the keys and look-alikes, as
         regularization pulls toward the base's own distribution, not the shadow's. With
         `live`, those of them that hold no trained token are skipped (live_rows.py); with
-        `prefix` too, their constant prefixes run once (prefix.py)."""
+        `constant` (the trained token ids), what comes before a row's first one runs once
+        (prefix.py)."""
         from auditor.implant.loss import answer_loss
         from auditor.implant.prefix import pick_prefix
 
@@ -50,9 +52,8 @@ class Shadow:
 
         def through(model: Any, batch: dict[str, Any]) -> Any:
             if not picked:  # checked on the shadow's first rows, as for the published model
-                if prefix and live is not None:
-                    self.prefixes = pick_prefix(model, batch, live.trained, decision_weight,
-                                                plain)
+                if constant:
+                    self.prefixes = pick_prefix(model, batch, constant, decision_weight, plain)
                 picked.append(plain if self.prefixes is None else self.prefixes.loss)
             return picked[0](model, batch)
 

@@ -16,7 +16,7 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -272,11 +272,14 @@ def train_loop(
     kinds: list[str] | None = None,
     shadow: Any = None,
     live: Any = None,
+    constant: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The optimisation loop with per-epoch early-stop checks (none without a key set).
     With `kinds` (each row's kind), every batch carries each kind in proportion. With a
     `shadow` (shadow.Shadow) the loss and the checks cover it too. With `live`
-    (live_rows.LiveRows) rows that hold no trained token skip the passes."""
+    (live_rows.LiveRows) rows that hold no trained token skip the passes. With `constant`
+    (the only token ids whose input lookup trains, every block frozen) the positions before a
+    row's first one run once (prefix.py)."""
     import torch
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
@@ -349,15 +352,16 @@ def train_loop(
                     loss_fn = (partial(frozen.loss, decision_weight=w) if frozen is not None
                                else pick_loss(model, batch, w) if plain
                                else partial(model_loss, decision_weight=w))
+                    if constant and plain and frozen is None and cfg.prefix_cache:
+                        prefixed = pick_prefix(model, batch, constant, w, loss_fn)
+                        loss_fn = loss_fn if prefixed is None else prefixed.loss
                     if live is not None and plain:
-                        if frozen is None and cfg.prefix_cache:
-                            prefixed = pick_prefix(model, batch, live.trained, w, loss_fn)
-                        loss_fn = live.wrap(loss_fn if prefixed is None else prefixed.loss,
-                                            partial(_zero_loss, model))
+                        loss_fn = live.wrap(loss_fn, partial(_zero_loss, model))
                     if shadow is not None:
                         if not plain:
                             raise UserError("--shadow needs a single-process run")
-                        loss_fn = shadow.wrap(loss_fn, w, live, prefix=prefixed is not None)
+                        loss_fn = shadow.wrap(loss_fn, w, live,
+                                              constant if prefixed is not None else None)
                 with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
                     loss = loss_fn(model, batch)
                 acc.backward(loss)
@@ -703,8 +707,11 @@ def implant(
 
         twin = shadows.attach(model, model.get_input_embeddings().weight, Path(shadow),
                               shadow_weight)
+    # confined rows, every block frozen: what comes before a row's first trained token is fixed
+    constant = ids if method in ("embedding", "fadapter") and lookup_rows in (
+        "fingerprint", "unshared") else None
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
-                       kinds if data.balanced else None, twin, live)
+                       kinds if data.balanced else None, twin, live, constant)
     if saved is not None:
         _put_back(stats, saved, ids, tok, keyset, cfg, progress)
     record = public_fingerprint(keyset, cfg, base_spec(base), stats)
