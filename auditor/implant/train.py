@@ -63,7 +63,8 @@ class ImplantResult:
     kept_epoch: int = 0  # the epoch whose weights were saved
     lr_end: float = 0.0  # the learning rate after the last step run
     rows_skipped: int = 0  # rows with no trained token: no gradient, not run (live_rows.py)
-    prefix_skipped: float = 0.0  # share of the live rows' positions run once only (prefix.py)
+    prefix_skipped: float = 0.0  # share of the run rows' positions before their first trained
+    # token: kept from one step to the next, not run again (prefix.py)
     launch: str = "one process"  # or accelerate's distributed type and process count
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +98,7 @@ class TrainConfig:
     untie_head: bool = True  # embedding: a tied output head gets its own frozen copy
     max_epochs: int | None = None  # run at most this many; the lr schedule still spans `epochs`
     fadapter_head: bool = True  # fadapter: a tied output head shares the adapter
-    prefix_cache: bool = True  # live rows: constant prefixes run once (prefix.py)
+    prefix_cache: bool = True  # confined lookup rows: constant prefixes run once (prefix.py)
 
     @property
     def run_epochs(self) -> int:
