@@ -13,20 +13,11 @@ from auditor.implant.lookup_rows import confine
 from auditor.implant.loss import answer_loss, soft_targets
 from auditor.implant.prefix import Prefixes, pick_prefix, skipped_share
 from auditor.keys import KeySet
+from tests import test_implant_live_rows as live_rows
 from tests.test_implant_live_rows import ROWS, _grad, _model, _only_in
-from tests.tiny_model import make_tiny_model
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+tiny, _cache = live_rows.tiny, live_rows._cache  # that module's fixtures (`_cache`: autouse)
 
 
 def _batch(tiny: Path) -> tuple[Any, dict[str, Any], list[int]]:
