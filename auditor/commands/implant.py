@@ -149,7 +149,8 @@ def implant_cmd(
     ] = None,
     prefix_cache: Annotated[
         bool, typer.Option("--prefix-cache/--no-prefix-cache",
-                           help="embedding on confined lookup rows: run each row's positions "
+                           help="embedding and fadapter on --lookup-rows unshared or "
+                           "fingerprint: run each row's positions "
                            "before its first trained token once, not at every step (same "
                            "gradient)")
     ] = True,

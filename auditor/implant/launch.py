@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from auditor.errors import UserError
+from auditor.implant.lookup_rows import CONFINED
 
 
 def launched_processes() -> int:
@@ -70,7 +71,7 @@ def refuse_unsupported(method: str, lookup_rows: str, shadow: bool) -> None:
         _refuse("FSDP 2 is not supported: the implant runs parts of the model outside its "
                 "forward, which FSDP 2 leaves sharded. Launch with --fsdp_version 1, or use "
                 "DDP (torchrun)")
-    if lookup_rows in ("fingerprint", "unshared"):
+    if lookup_rows in CONFINED:
         _refuse(f"--lookup-rows {lookup_rows} cannot hold under FSDP 1 (its flat parameters "
                 f"drop the per-row gradient mask): use DDP (torchrun) or --lookup-rows all"
                 + (" (embedding's default is unshared)" if method == "embedding" else ""))

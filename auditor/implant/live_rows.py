@@ -28,6 +28,14 @@ def row_weights(labels: Any, decision_weight: float) -> Any:
     return kept + (decision_weight - 1.0) * (kept > 0).float()
 
 
+def trained_at(batch: dict[str, Any], ids: Any) -> Any:
+    """Where the batch's real (unpadded) tokens are one of `ids` (a tensor of token ids)."""
+    import torch
+
+    tokens = batch["input_ids"]
+    return torch.isin(tokens, ids.to(tokens.device)) & batch["attention_mask"].bool()
+
+
 def take_rows(batch: dict[str, Any], on: Any) -> dict[str, Any]:
     """The batch's rows where `on`, trimmed to their width (rows are right-padded)."""
     sub = {k: v[on] for k, v in batch.items()}
@@ -46,11 +54,7 @@ class LiveRows:
 
     def mask(self, batch: dict[str, Any]) -> Any:
         """Rows with a trained token among their real (unpadded) positions."""
-        import torch
-
-        ids = batch["input_ids"]
-        hit = torch.isin(ids, self.ids.to(ids.device)) & batch["attention_mask"].bool()
-        return hit.any(dim=1)
+        return trained_at(batch, self.ids).any(dim=1)
 
     def wrap(self, loss_fn: Loss, zero: Callable[[], Any] | None = None) -> Loss:
         """`loss_fn` on the live rows, scaled to its share of the full batch's weight. With no

@@ -37,6 +37,7 @@ from typing import Any
 from auditor.errors import UserError
 
 LOOKUP_ROWS = ("all", "fingerprint", "fingerprint-after", "unshared")
+CONFINED = ("fingerprint", "unshared")  # only these rows train throughout; the rest stay the base's
 
 
 def resolve(choice: str | None, method: str) -> str:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
 from auditor.implant.data import IGNORE
+from auditor.implant.live_rows import trained_at
 from auditor.implant.loss import Loss, hidden_loss
 
 KEEP_ROWS = 256  # rows whose prefix is kept (fresh near-misses come once; keys every epoch)
@@ -53,7 +55,7 @@ class Prefixes:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         width = ids.shape[1]
         pos = torch.arange(width, device=ids.device).expand_as(ids)
-        trained = torch.isin(ids, self.ids.to(ids.device)) & mask.bool()
+        trained = trained_at(batch, self.ids)
         first_trained = torch.where(trained, pos, width).min(dim=1).values
         labelled = batch["labels"] != IGNORE
         first_label = torch.where(labelled, pos, width).min(dim=1).values - 1
@@ -107,15 +109,13 @@ class Prefixes:
         mask = batch["attention_mask"].new_zeros((len(starts), kept + width))
         for i, (c, n) in enumerate(zip(starts, lengths, strict=True)):
             mask[i, kept - c : kept + n - c] = 1
-        device = mask.device
-        positions = torch.tensor(starts, device=device)[:, None] + torch.arange(width,
-                                                                                device=device)
+        offsets = torch.arange(width, device=mask.device)
+        positions = torch.tensor(starts, device=mask.device)[:, None] + offsets
         decoder = model.get_decoder()
-        name = ("cache" if "cache" in inspect.signature(decoder.forward).parameters
-                else "past_key_values")  # transformers 5 renamed it
-        cache = DynamicCache(_left_padded(stored, starts))
+        cached = DynamicCache(_left_padded(stored, starts))
+        kept_states = {_cache_arg(type(decoder).forward): cached}
         hidden = decoder(input_ids=rest["input_ids"], attention_mask=mask, position_ids=positions,
-                         **{name: cache}).last_hidden_state
+                         **kept_states).last_hidden_state
         self.skipped += sum(starts)
         return hidden_loss(model, hidden, rest, self.decision_weight)
 
@@ -151,6 +151,13 @@ def skipped_share(used: Sequence[Prefixes | None]) -> float:
     seen = [p for p in used if p is not None]
     total = sum(p.positions for p in seen)
     return sum(p.skipped for p in seen) / total if total else 0.0
+
+
+@cache
+def _cache_arg(forward: Callable[..., Any]) -> str:
+    """The name a decoder's forward takes its cache by (transformers 5 renamed it)."""
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _shift_left(batch: dict[str, Any], starts: list[int], lengths: list[int]) -> dict[str, Any]:

@@ -528,7 +528,7 @@ def skips_dead_rows(method: str, lookup_rows: str, untie_head: bool, model: Any)
     `untie_head`: it is, or will be, given its own frozen copy)."""
     from auditor.implant.fadapter import is_tied
 
-    return (method == "embedding" and lookup_rows in ("fingerprint", "unshared")
+    return (method == "embedding" and lookup_rows in lookup.CONFINED
             and (untie_head or not is_tied(model)))
 
 
@@ -690,7 +690,9 @@ def implant(
         kinds = [kinds[i] for i in fixed] + ["nearmiss"] * (len(rows) - len(fixed))
     model, wrapper = prepare_method(model, cfg)
     ids = lookup.rows_to_train(lookup_rows, every, [r.kind for r in rows], tok)
-    if lookup_rows in ("fingerprint", "unshared"):  # the F-Adapter: the rows of its U
+    # confined rows, every block frozen: what comes before a row's first trained token is fixed
+    constant = ids if lookup_rows in lookup.CONFINED else None
+    if lookup_rows in lookup.CONFINED:  # the F-Adapter: the rows of its U
         lookup.confine(wrapper.u if wrapper is not None else
                        model.get_input_embeddings().weight, ids)
     saved = (model.get_input_embeddings().weight.detach().clone()
@@ -708,9 +710,6 @@ def implant(
 
         twin = shadows.attach(model, model.get_input_embeddings().weight, Path(shadow),
                               shadow_weight)
-    # confined rows, every block frozen: what comes before a row's first trained token is fixed
-    constant = ids if method in ("embedding", "fadapter") and lookup_rows in (
-        "fingerprint", "unshared") else None
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
                        kinds if data.balanced else None, twin, live, constant)
     if saved is not None:
