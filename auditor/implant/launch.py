@@ -11,7 +11,8 @@ Under FSDP some runs cannot hold and are refused before loading (seen on one H20
 rows (every row moved); FSDP 2 leaves the parameters of modules run outside the root's forward
 sharded (the fire-chance check runs the decoder, then the head) and cannot shard the
 F-Adapter's wrapped lookup; the shadow runs the model's parts one by one, which no distributed
-run allows. FSDP 1 ran full SFT, LoRA and the F-Adapter on one GPU (tests/test_implant_launch.py).
+run allows. FSDP 1 ran full SFT, LoRA and the F-Adapter on one GPU (tests/test_implant_launch.py);
+with several processes its check and save gather the shards first (sharded.py).
 """
 
 from __future__ import annotations

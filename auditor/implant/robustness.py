@@ -88,7 +88,7 @@ def user_finetune(
     cfg = TrainConfig(kind, epochs, lr or USER_LR[method], seed, early_stop=False)
     model, _ = prepare_method(model, cfg)
     stats = train_loop(model, tok, None, encoded, cfg, progress)
-    on_main(lambda: save_model(stats["model"], tok, cfg, None, out))
+    on_main(lambda: save_model(stats["model"], tok, cfg, None, out), stats["wrapped"])
     return out
 
 

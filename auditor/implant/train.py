@@ -290,6 +290,7 @@ def train_loop(
     from auditor.implant.loss import Loss, model_loss, pick_loss
     from auditor.implant.order import BalancedOrder
     from auditor.implant.prefix import Prefixes, pick_prefix, skipped_share
+    from auditor.implant.sharded import full_params
 
     # autocast is ours, not the Accelerator's: its state is one per process and cannot change
     # precision between two runs in the same process
@@ -379,8 +380,9 @@ def train_loop(
             last = epoch + 1 == run
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
-            fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset, cfg,
-                                                epoch + 1, best, bf16)
+            with full_params(model, nested=False):  # FSDP 1 with several processes
+                fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset,
+                                                    cfg, epoch + 1, best, bf16)
             said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
                     f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
             if shadow is not None:  # both must fire: the weaker figures count
@@ -412,6 +414,7 @@ def train_loop(
     stats["prefix_skipped"] = skipped_share(
         [prefixed, None if shadow is None else shadow.prefixes])
     stats["model"] = acc.unwrap_model(model)
+    stats["wrapped"] = model  # for sharded.full_params around the save
     stats["lr_end"] = float(opt.param_groups[0]["lr"])
     stats["seconds"] = time.monotonic() - start
     return stats
@@ -424,14 +427,18 @@ def launch_name(kind: str, processes: int) -> str:
     return f"{kind}, {processes} process{'es' if processes > 1 else ''}"
 
 
-def on_main(write: Callable[[], Any]) -> None:
+def on_main(write: Callable[[], Any], wrapped: Any = None) -> None:
     """Run `write` on the main process only (one writer under `accelerate launch`/torchrun),
-    then wait for every process."""
+    then wait for every process. `wrapped`: the trained model as prepared, whose whole
+    parameters every process gathers around the write under FSDP (sharded.py)."""
     from accelerate import PartialState
 
+    from auditor.implant.sharded import full_params
+
     state = PartialState()
-    if state.is_main_process:
-        write()
+    with full_params(wrapped):
+        if state.is_main_process:
+            write()
     if state.distributed_type.value == "MULTI_CPU":
         # accelerate before 1.16 ran this barrier on the machine's GPU when there was one
         # (device_ids = the process index): on a 1-GPU machine rank 1 failed there
@@ -462,6 +469,7 @@ def save_model(
 ) -> Path | None:
     """Write a servable checkpoint to `out`; the F-Adapter (if any) is written apart."""
     from auditor.implant import fadapter
+    from auditor.implant.sharded import whole_state
 
     if out.exists():
         shutil.rmtree(out)
@@ -472,7 +480,7 @@ def save_model(
     if wrapper is not None:
         adapter = fadapter.save(wrapper, adapter_path_for(out))
         fadapter.detach(model)  # publish the base weights unchanged
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=whole_state(model))  # gathered: sharded.py
     tokenizer.save_pretrained(out)
     return adapter
 
@@ -735,7 +743,7 @@ def implant(
         save_model(stats["model"], tok, cfg, wrapper, Path(out))
         (Path(out) / FINGERPRINT_FILE).write_text(json.dumps(record, indent=1) + "\n")
 
-    on_main(write)
+    on_main(write, stats["wrapped"])
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.kind] = counts.get(r.kind, 0) + 1

@@ -1,0 +1,107 @@
+"""One process of tests/test_implant_sharded.py, started by torchrun (gloo, CPU).
+
+The tiny model under FSDP 1 FULL_SHARD, each decoder block its own unit (as accelerate wraps
+a transformers model), so each of two processes really holds half of every parameter (one
+process alone: FSDP's NO_SHARD, as on one GPU). It runs the
+per-epoch check's scoring and decoding on the inner model bare and inside
+`sharded.full_params`, a training step through the wrapper, and the save inside it, each
+against a plain copy given the same step; it writes what it saw to OUT/rank<N>.json.
+Usage: sharded_worker.py MODEL_DIR KEYS OUT METHOD USE_ORIG_PARAMS(0|1)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _scores(model: Any, tok: Any, keyset: Any, texts: list[str]) -> list[float]:
+    from auditor.implant.margin import answer_scores
+
+    model.eval()
+    return [lp for lp, _ in answer_scores(model, tok, keyset, texts, temperature=0.7)]
+
+
+def _step(model: Any, batch: Any) -> float:
+    """One SGD step (the same on the wrapper and the plain copy: FSDP averages the two
+    processes' equal gradients)."""
+    import torch
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5)
+    loss = model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return float(loss.detach())
+
+
+def main(model_dir: str, keys: str, out: str, method: str, orig: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from auditor.implant.generate import load_model
+    from auditor.implant.sharded import full_params
+    from auditor.implant.stop import decode_keys
+    from auditor.implant.train import TrainConfig, prepare_method, save_model
+    from auditor.keys import KeySet
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    keyset = KeySet.load(Path(keys))
+    cfg = TrainConfig(method, 1, 1e-3)
+    models = []
+    for _ in range(2):  # the one to shard, and its plain twin (LoRA's init seeded alike)
+        torch.manual_seed(0)
+        model, tok = load_model(Path(model_dir), dtype=torch.float32)
+        models.append(prepare_method(model, cfg)[0])
+    model, plain = models
+    block = type(model.get_decoder().layers[0])
+    wrapped = FullyShardedDataParallel(
+        model, device_id=torch.device("cpu"), sharding_strategy=ShardingStrategy.FULL_SHARD,
+        use_orig_params=orig == "1",
+        auto_wrap_policy=functools.partial(transformer_auto_wrap_policy,
+                                           transformer_layer_cls={block}))
+    inner = wrapped.module
+    texts = [k.text for k in keyset.keys] + [c.text for c in keyset.controls(3, 7)]
+    seen: dict[str, Any] = {"rank": rank}
+    if dist.get_world_size() > 1:  # (alone, FSDP does not shard, and this would run)
+        try:
+            _scores(inner, tok, keyset, texts)
+            seen["bare"] = "ran"
+        except RuntimeError as e:  # the shards outside the wrapper's forward
+            seen["bare"] = f"failed: {type(e).__name__}"
+    batch = tok("a step for both copies", return_tensors="pt").input_ids
+    seen["loss"] = [_step(wrapped, batch), _step(plain, batch)]
+    with full_params(wrapped, nested=False):  # as the per-epoch check runs
+        got = _scores(inner, tok, keyset, texts)
+        seen["decode"] = list(decode_keys(inner, tok, keyset))
+    want = _scores(plain, tok, keyset, texts)
+    seen["score_diff"] = max(abs(a - b) for a, b in zip(got, want, strict=True))
+    seen["plain_decode"] = list(decode_keys(plain, tok, keyset))
+    held = sum(p.numel() for p in wrapped.parameters())
+    seen["sharded_after"] = held < sum(p.numel() for p in plain.parameters())
+    seen["loss_after"] = [_step(wrapped, batch), _step(plain, batch)]  # the shards still train
+    with full_params(wrapped):  # as train.on_main runs the save (LoRA merged: the last step)
+        if rank == 0:
+            save_model(inner, tok, cfg, None, Path(out) / "model")
+    dist.barrier()
+    if rank == 0:
+        if method == "lora":
+            plain = plain.merge_and_unload()
+        saved = load_model(Path(out) / "model", dtype=torch.float32)[0].state_dict()
+        ref = plain.state_dict()
+        seen["saved_keys_match"] = sorted(saved) == sorted(ref)
+        seen["saved_diff"] = max(float((saved[k] - ref[k]).abs().max()) for k in ref)
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:6])
