@@ -16,6 +16,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -212,7 +213,9 @@ def prepare_method(model: Any, cfg: TrainConfig) -> tuple[Any, Any]:
             task_type="CAUSAL_LM",
             **_lora_targets(model, cfg.top_layers),
         )
-        return get_peft_model(model, lcfg), None
+        with warnings.catch_warnings():  # peft reads an attribute transformers 5 renamed
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            return get_peft_model(model, lcfg), None
     from auditor.implant import fadapter
 
     return model, fadapter.attach(model, rank=cfg.fadapter_rank, seed=cfg.seed,
