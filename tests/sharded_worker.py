@@ -6,7 +6,7 @@ process alone: FSDP's NO_SHARD, as on one GPU). It runs the
 per-epoch check's scoring and decoding on the inner model bare and inside
 `sharded.full_params`, a training step through the wrapper, and the save inside it, each
 against a plain copy given the same step; it writes what it saw to OUT/rank<N>.json.
-Usage: sharded_worker.py MODEL_DIR KEYS OUT METHOD USE_ORIG_PARAMS(0|1)
+Usage: sharded_worker.py MODEL_DIR KEYS OUT METHOD(sft|lora|fadapter) USE_ORIG_PARAMS(0|1)
 """
 
 from __future__ import annotations
@@ -43,25 +43,27 @@ def _step(model: Any, batch: Any) -> float:
 def main(model_dir: str, keys: str, out: str, method: str, orig: str) -> None:
     import torch
     import torch.distributed as dist
+    from safetensors.torch import load_file
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
+    from auditor.implant import fadapter
     from auditor.implant.generate import load_model
     from auditor.implant.sharded import full_params
     from auditor.implant.stop import decode_keys
-    from auditor.implant.train import TrainConfig, prepare_method, save_model
+    from auditor.implant.train import TrainConfig, adapter_path_for, prepare_method, save_model
     from auditor.keys import KeySet
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     keyset = KeySet.load(Path(keys))
     cfg = TrainConfig(method, 1, 1e-3)
-    models = []
+    made = []
     for _ in range(2):  # the one to shard, and its plain twin (LoRA's init seeded alike)
         torch.manual_seed(0)
         model, tok = load_model(Path(model_dir), dtype=torch.float32)
-        models.append(prepare_method(model, cfg)[0])
-    model, plain = models
+        made.append(prepare_method(model, cfg))
+    (model, adapter), (plain, plain_adapter) = made
     block = type(model.get_decoder().layers[0])
     wrapped = FullyShardedDataParallel(
         model, device_id=torch.device("cpu"), sharding_strategy=ShardingStrategy.FULL_SHARD,
@@ -90,11 +92,16 @@ def main(model_dir: str, keys: str, out: str, method: str, orig: str) -> None:
     seen["loss_after"] = [_step(wrapped, batch), _step(plain, batch)]  # the shards still train
     with full_params(wrapped):  # as train.on_main runs the save (LoRA merged: the last step)
         if rank == 0:
-            save_model(inner, tok, cfg, None, Path(out) / "model")
+            save_model(inner, tok, cfg, adapter, Path(out) / "model")
     dist.barrier()
     if rank == 0:
         if method == "lora":
             plain = plain.merge_and_unload()
+        if plain_adapter is not None:  # the private adapter, apart; the base published
+            kept = load_file(adapter_path_for(Path(out) / "model"))
+            seen["adapter_diff"] = max(
+                float((kept[k] - getattr(plain_adapter, k).detach()).abs().max()) for k in "uv")
+            fadapter.detach(plain)
         saved = load_model(Path(out) / "model", dtype=torch.float32)[0].state_dict()
         ref = plain.state_dict()
         seen["saved_keys_match"] = sorted(saved) == sorted(ref)

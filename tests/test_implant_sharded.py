@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "orig", "processes"),
-                         [("sft", "1", 2), ("sft", "0", 2), ("lora", "1", 2), ("sft", "0", 1)])
+                         [("sft", "1", 2), ("sft", "0", 2), ("lora", "1", 2), ("fadapter", "1", 2),
+                          ("sft", "0", 1)])
 def test_check_and_save_see_the_whole_sharded_model(tmp_path: Path, method: str, orig: str,
                                                     processes: int) -> None:
     """Bare, the inner model fails (its parameters are shards); inside full_params its scores
@@ -49,3 +50,5 @@ def test_check_and_save_see_the_whole_sharded_model(tmp_path: Path, method: str,
         assert s["loss_after"][0] == pytest.approx(s["loss_after"][1], rel=1e-5)
     assert seen[0]["saved_keys_match"]
     assert seen[0]["saved_diff"] < 1e-5
+    if method == "fadapter":
+        assert seen[0]["adapter_diff"] < 1e-5
