@@ -20,16 +20,22 @@ def full_params(model: Any, *, nested: bool = True) -> AbstractContextManager[An
     """Inside it, the inner model of an FSDP 1 wrapper holds whole parameters (read only).
 
     `nested=False` gathers the root unit's only (the lookup, final norm and head: what runs
-    outside any unit's forward), for work that runs the model: each block's unit gathers its
-    own in its forward and drops them after, which a nested gather does not allow. With
-    `nested` (the save) nothing may run the model inside.
+    outside any unit's forward), on every process, for work that runs the model: each block's
+    unit gathers its own in its forward and drops them after, which a nested gather does not
+    allow. `nested` (the save: nothing may run the model inside) gathers every unit's on the
+    main process only, into CPU memory when sharded on GPUs (a model that needs several GPUs
+    need not fit on one).
     """
+    import torch
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    if isinstance(model, FullyShardedDataParallel):
-        return FullyShardedDataParallel.summon_full_params(model, writeback=False,
-                                                           recurse=nested)
-    return nullcontext()
+    if not isinstance(model, FullyShardedDataParallel):
+        return nullcontext()
+    main_only = nested and torch.distributed.get_world_size() > 1  # NO_SHARD alone: in place
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    return FullyShardedDataParallel.summon_full_params(
+        model, writeback=False, recurse=nested, rank0_only=main_only,
+        offload_to_cpu=main_only and on_gpu)
 
 
 def whole_state(model: Any) -> dict[str, Any] | None:
