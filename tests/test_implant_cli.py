@@ -254,3 +254,19 @@ def test_checking_an_fadapter_model_without_its_adapter_says_where_it_is(tmp_pat
     assert full.returncode == 0 and "F-Adapter" not in full.stderr, full.stderr[-2000:]
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in bare.stdout + bare.stderr + full.stdout + rob.stdout + imp.stderr
+
+
+def test_the_device_row_says_the_cpu_threads_and_how_to_get_more(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread is the default (a busy machine): the implant table says so, and how many the
+    machine has; a GPU row names the launch only."""
+    from auditor.commands.implant import _device
+    from auditor.implant import generate
+
+    monkeypatch.setattr(generate, "MAX_THREADS", 4)
+    monkeypatch.setenv("AUDITOR_THREADS", "1")
+    assert _device("cpu", "one process") == (
+        "cpu (one process, 1 thread of 4: AUDITOR_THREADS=4 on an idle machine)")
+    monkeypatch.setenv("AUDITOR_THREADS", "4")
+    assert _device("cpu", "one process") == "cpu (one process, 4 threads)"
+    assert _device("cuda", "FSDP, 2 processes") == "cuda (FSDP, 2 processes)"

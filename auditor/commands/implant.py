@@ -227,9 +227,21 @@ def implant_cmd(
                 if res.rows_skipped else "") + (
                 f"; {_pct(res.prefix_skipped)} of the positions of the rows run lie before "
                 "their first trained token: run once, then kept" if res.prefix_skipped else "")),
-            ("device", f"{res.device} ({res.launch})"),
+            ("device", _device(res.device, res.launch)),
         ],
     )
+
+
+def _device(device: str, launch: str) -> str:
+    """The device and launch; on a CPU the threads too, and how to get more (one by default)."""
+    from auditor.implant.generate import MAX_THREADS, cpu_threads
+
+    if device != "cpu":
+        return f"{device} ({launch})"
+    n = cpu_threads()
+    more = f" of {MAX_THREADS}: AUDITOR_THREADS={MAX_THREADS} on an idle machine" if (
+        n < MAX_THREADS) else ""
+    return f"cpu ({launch}, {n} thread{'s' if n > 1 else ''}{more})"
 
 
 def _say_adapter_note(adapter: Path | None, model: Path, layers_from: Path | None = None) -> None:
