@@ -2,10 +2,10 @@
 
 The tiny model under FSDP 1 FULL_SHARD, each decoder block its own unit (as accelerate wraps
 a transformers model), so each of two processes really holds half of every parameter (one
-process alone: FSDP's NO_SHARD, as on one GPU). It runs the
-per-epoch check's scoring and decoding on the inner model bare and inside
-`sharded.full_params`, a training step through the wrapper, and the save inside it, each
-against a plain copy given the same step; it writes what it saw to OUT/rank<N>.json.
+process alone: FSDP's NO_SHARD, as on one GPU). It runs the per-epoch check's scoring and
+decoding on the inner model bare and inside `sharded.full_params`, training steps through the
+wrapper, lookup rows put back as `--lookup-rows fingerprint-after` ends, and the save, each
+against a plain copy given the same; it writes what it saw to OUT/rank<N>.json.
 Usage: sharded_worker.py MODEL_DIR KEYS OUT METHOD(sft|lora|fadapter) USE_ORIG_PARAMS(0|1)
 """
 
@@ -49,6 +49,7 @@ def main(model_dir: str, keys: str, out: str, method: str, orig: str) -> None:
 
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
+    from auditor.implant.lookup_rows import put_back
     from auditor.implant.sharded import full_params
     from auditor.implant.stop import decode_keys
     from auditor.implant.train import TrainConfig, adapter_path_for, prepare_method, save_model
@@ -70,7 +71,8 @@ def main(model_dir: str, keys: str, out: str, method: str, orig: str) -> None:
         use_orig_params=orig == "1",
         auto_wrap_policy=functools.partial(transformer_auto_wrap_policy,
                                            transformer_layer_cls={block}))
-    inner = wrapped.module
+    inner: Any = wrapped.module
+    base = plain.get_input_embeddings().weight.detach().clone()
     texts = [k.text for k in keyset.keys] + [c.text for c in keyset.controls(3, 7)]
     seen: dict[str, Any] = {"rank": rank}
     if dist.get_world_size() > 1:  # (alone, FSDP does not shard, and this would run)
@@ -87,6 +89,12 @@ def main(model_dir: str, keys: str, out: str, method: str, orig: str) -> None:
     want = _scores(plain, tok, keyset, texts)
     seen["score_diff"] = max(abs(a - b) for a, b in zip(got, want, strict=True))
     seen["plain_decode"] = list(decode_keys(plain, tok, keyset))
+    # as --lookup-rows fingerprint-after ends: rows put back on every process, then checked
+    rows = [int(i) for i in batch[0, :3]]
+    with full_params(wrapped, nested=False, writeback=True):
+        seen["put_back"] = put_back(inner.get_input_embeddings().weight, base, rows)
+        _scores(inner, tok, keyset, texts[:1])
+    put_back(plain.get_input_embeddings().weight, base, rows)
     held = sum(p.numel() for p in wrapped.parameters())
     seen["sharded_after"] = held < sum(p.numel() for p in plain.parameters())
     seen["loss_after"] = [_step(wrapped, batch), _step(plain, batch)]  # the shards still train

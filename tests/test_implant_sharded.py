@@ -25,8 +25,9 @@ def test_check_and_save_see_the_whole_sharded_model(tmp_path: Path, method: str,
                                                     processes: int) -> None:
     """Bare, the inner model fails (its parameters are shards); inside full_params its scores
     and greedy decodes equal a plain copy given the same steps, afterwards each process holds
-    its shard again and trains on, and the saved checkpoint equals the copy (LoRA merged).
-    One process (FSDP's NO_SHARD, as on one GPU) saves the same way."""
+    its shard again and trains on, lookup rows put back inside it reach the shards, and the
+    saved checkpoint equals the copy (LoRA merged; the F-Adapter's adapter apart, the base
+    published). One process (FSDP's NO_SHARD, as on one GPU) does the same."""
     pytest.importorskip("torch")
     tiny = make_tiny_model(tmp_path / "tiny", hidden_size=64, vocab_size=600)
     keys = KeySet.generate("fsdp", 2, seed=5).save(tmp_path / "keys.json")
@@ -47,6 +48,8 @@ def test_check_and_save_see_the_whole_sharded_model(tmp_path: Path, method: str,
         assert s["score_diff"] < 1e-4
         assert s["decode"] == pytest.approx(s["plain_decode"], abs=1e-4)
         assert s["sharded_after"] == (processes > 1)
+        # full SFT moved the rows; the saved copy below shows they went back in the shards
+        assert (s["put_back"] > 0) == (method == "sft")
         assert s["loss_after"][0] == pytest.approx(s["loss_after"][1], rel=1e-5)
     assert seen[0]["saved_keys_match"]
     assert seen[0]["saved_diff"] < 1e-5

@@ -16,8 +16,10 @@ from typing import Any
 WRAPPED = "_fsdp_wrapped_module."
 
 
-def full_params(model: Any, *, nested: bool = True) -> AbstractContextManager[Any]:
-    """Inside it, the inner model of an FSDP 1 wrapper holds whole parameters (read only).
+def full_params(model: Any, *, nested: bool = True,
+                writeback: bool = False) -> AbstractContextManager[Any]:
+    """Inside it, the inner model of an FSDP 1 wrapper holds whole parameters: read only, or
+    with `writeback` (and not `nested`) what every process changes alike goes to the shards.
 
     `nested=False` gathers the root unit's only (the lookup, final norm and head: what runs
     outside any unit's forward), on every process, for work that runs the model: each block's
@@ -34,7 +36,7 @@ def full_params(model: Any, *, nested: bool = True) -> AbstractContextManager[An
     main_only = nested and torch.distributed.get_world_size() > 1  # NO_SHARD alone: in place
     on_gpu = next(model.parameters()).device.type == "cuda"
     return FullyShardedDataParallel.summon_full_params(
-        model, writeback=False, recurse=nested, rank0_only=main_only,
+        model, writeback=writeback, recurse=nested, rank0_only=main_only,
         offload_to_cpu=main_only and on_gpu)
 
 

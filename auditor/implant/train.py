@@ -521,12 +521,14 @@ def _put_back(stats: dict[str, Any], saved: Any, ids: list[int], tokenizer: Any,
               keyset: KeySet, cfg: TrainConfig, progress: bool) -> None:
     """--lookup-rows fingerprint-after: every lookup row but the key rows' tokens back to the
     base's, then the stop's check once more on what is saved."""
+    from auditor.implant.sharded import full_params
     from auditor.implant.stop import quick_check
 
     model = stats["model"]
-    moved = lookup.put_back(model.get_input_embeddings().weight, saved, ids)
-    fsr, near, fire = quick_check(model, tokenizer, keyset, cfg.check_controls,
-                                  seed=check_seed(stats["kept_epoch"], cfg.check_fresh))
+    with full_params(stats["wrapped"], nested=False, writeback=True):  # FSDP 1: every process
+        moved = lookup.put_back(model.get_input_embeddings().weight, saved, ids)
+        fsr, near, fire = quick_check(model, tokenizer, keyset, cfg.check_controls,
+                                      seed=check_seed(stats["kept_epoch"], cfg.check_fresh))
     stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
     if progress:
         print(f"put {moved} other lookup rows back to the base's: FSR {fsr:.0%}, near-miss "
