@@ -28,7 +28,8 @@ from auditor.errors import UserError
 from auditor.implant import lookup_rows as lookup
 from auditor.implant.data import DataConfig
 from auditor.implant.launch import refuse_lone_processes, refuse_unsupported
-from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check
+from auditor.implant.sharded import full_params, whole_state
+from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check, quick_check
 from auditor.implant.verify import FINGERPRINT_FILE
 from auditor.keys import KeySet
 
@@ -293,7 +294,6 @@ def train_loop(
     from auditor.implant.loss import Loss, model_loss, pick_loss
     from auditor.implant.order import BalancedOrder
     from auditor.implant.prefix import Prefixes, pick_prefix, skipped_share
-    from auditor.implant.sharded import full_params
 
     # autocast is ours, not the Accelerator's: its state is one per process and cannot change
     # precision between two runs in the same process
@@ -436,8 +436,6 @@ def on_main(write: Callable[[], Any], wrapped: Any = None) -> None:
     parameters every process gathers around the write under FSDP (sharded.py)."""
     from accelerate import PartialState
 
-    from auditor.implant.sharded import full_params
-
     state = PartialState()
     with full_params(wrapped):
         if state.is_main_process:
@@ -472,7 +470,6 @@ def save_model(
 ) -> Path | None:
     """Write a servable checkpoint to `out`; the F-Adapter (if any) is written apart."""
     from auditor.implant import fadapter
-    from auditor.implant.sharded import whole_state
 
     if out.exists():
         shutil.rmtree(out)
@@ -521,9 +518,6 @@ def _put_back(stats: dict[str, Any], saved: Any, ids: list[int], tokenizer: Any,
               keyset: KeySet, cfg: TrainConfig, progress: bool) -> None:
     """--lookup-rows fingerprint-after: every lookup row but the key rows' tokens back to the
     base's, then the stop's check once more on what is saved."""
-    from auditor.implant.sharded import full_params
-    from auditor.implant.stop import quick_check
-
     model = stats["model"]
     with full_params(stats["wrapped"], nested=False, writeback=True):  # FSDP 1: every process
         moved = lookup.put_back(model.get_input_embeddings().weight, saved, ids)
@@ -704,8 +698,9 @@ def implant(
     model, wrapper = prepare_method(model, cfg)
     ids = lookup.rows_to_train(lookup_rows, every, [r.kind for r in rows], tok)
     # confined rows, every block frozen: what comes before a row's first trained token is fixed
-    constant = ids if lookup_rows in lookup.CONFINED else None
+    constant = None
     if lookup_rows in lookup.CONFINED:  # the F-Adapter: the rows of its U
+        constant = ids
         lookup.confine(wrapper.u if wrapper is not None else
                        model.get_input_embeddings().weight, ids)
     saved = (model.get_input_embeddings().weight.detach().clone()
