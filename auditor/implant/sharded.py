@@ -1,36 +1,74 @@
 """The whole model for the parts of a run that are not the wrapper's own forward.
 
-Under FSDP 1 with several processes, each process holds one shard of every parameter except
-while the wrapper's forward or backward runs. The per-epoch check (the decoder, then the head,
-then greedy decoding) and the save use the inner model, so they run inside `full_params`:
-every process gathers the parameters (a collective: all of them must enter), the work runs,
-and the gathered copies are dropped, the training shards untouched. On one process
-FSDP 1 does not shard (NO_SHARD) and this costs nothing; a model not under FSDP passes through.
+Under FSDP with several processes, each process holds one shard of every parameter except
+while a unit's forward or backward runs. The per-epoch check (the decoder, then the head, then
+greedy decoding) and the save use the inner model, so they run inside `full_params`: every
+process gathers the parameters (a collective: all of them must enter), the work runs, and the
+gathered copies are dropped, the training shards untouched. FSDP 1 wraps the model; FSDP 2
+shards it in place (each unit an `FSDPModule`). On one process FSDP 1 does not shard
+(NO_SHARD) and this costs nothing; a model under neither passes through.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 WRAPPED = "_fsdp_wrapped_module."
 
 
+def _fsdp2_units(model: Any) -> list[Any]:
+    """The FSDP 2 units in `model`, the root first (none under FSDP 1 or without FSDP)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch before 2.6: no FSDP 2 to meet
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def _unsharded(gather: list[Any], units: list[Any]) -> Iterator[None]:
+    """FSDP 2: the `gather` units' parameters whole on every process; after, every unit back
+    to its shards and idle. A unit that keeps its parameters whole after its forward (as
+    accelerate's lookup and head do) stays so when run outside the root's forward, and its
+    own reshard() then does nothing: the root's reset_iter_state() puts every unit back (no
+    gradients are pending between training steps)."""
+    for unit in gather:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        root = units[0]
+        if hasattr(root, "reset_iter_state"):  # torch 2.13
+            root.reset_iter_state()
+        else:
+            for unit in units:
+                unit.reshard()
+
+
 def full_params(model: Any, *, nested: bool = True,
                 writeback: bool = False) -> AbstractContextManager[Any]:
-    """Inside it, the inner model of an FSDP 1 wrapper holds whole parameters: read only, or
-    with `writeback` (and not `nested`) what every process changes alike goes to the shards.
+    """Inside it, the inner model holds whole parameters: read only, or under FSDP 1 with
+    `writeback` (and not `nested`) what every process changes alike goes to the shards.
 
-    `nested=False` gathers the root unit's only (the lookup, final norm and head: what runs
-    outside any unit's forward), on every process, for work that runs the model: each block's
-    unit gathers its own in its forward and drops them after, which a nested gather does not
-    allow. `nested` (the save: nothing may run the model inside) gathers every unit's on the
-    main process only, into CPU memory when sharded on GPUs (a model that needs several GPUs
-    need not fit on one).
+    `nested=False` gathers the root unit's only (the lookup, final norm and head unless they are
+    units of their own: what runs outside any unit's forward), on every process, for work that
+    runs the model: each block's unit gathers its own in its forward and drops them after, which
+    a nested gather does not allow under FSDP 1. `nested` (the save: nothing may run the model
+    inside) gathers every unit's: under FSDP 1 on the main process only, into CPU memory when
+    sharded on GPUs (a model that needs several GPUs need not fit on one); under FSDP 2 on
+    every process, on its device (the whole model once per process while the save runs).
     """
     import torch
     from torch.distributed.fsdp import FullyShardedDataParallel
 
+    units = _fsdp2_units(model)
+    if units:
+        if writeback:  # an unsharded FSDP 2 parameter is a copy: what is written there is lost
+            raise RuntimeError("FSDP 2 cannot write gathered parameters back to the shards")
+        root = [u for u in units[:1] if u is model]  # FSDP 2 shards the root unit too
+        return _unsharded(units if nested else root, units)
     if not isinstance(model, FullyShardedDataParallel):
         return nullcontext()
     main_only = nested and torch.distributed.get_world_size() > 1  # NO_SHARD alone: in place
@@ -42,11 +80,13 @@ def full_params(model: Any, *, nested: bool = True,
 
 def whole_state(model: Any) -> dict[str, Any] | None:
     """Inside `full_params`, the inner model's state dict read from its modules, or None when
-    no FSDP unit is inside it (its own state_dict() is fine then). An FSDP unit's state_dict()
-    gathers again, which one process alone cannot do: the save runs on the main one only."""
+    no FSDP unit is inside it (its own state_dict() is fine then). An FSDP 1 unit's
+    state_dict() gathers again, which one process alone cannot do (the save runs on the main
+    one only); an FSDP 2 one's gives the shards."""
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+    if not (_fsdp2_units(model)
+            or any(isinstance(m, FullyShardedDataParallel) for m in model.modules())):
         return None
     state: dict[str, Any] = {}
     for prefix, module in model.named_modules():

@@ -139,12 +139,21 @@ class Best:
         if self.figures is None or self._rank(fsr, near, fire) > self._rank(*self.figures):
             self.figures, self.epoch = (fsr, near, fire), epoch
             if self.keep:
-                self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
+                self.saved = [_local(p).to("cpu", copy=True) for p in self.params]
 
     def restore(self, last_epoch: int) -> bool:
         """Load the best parameters back unless the last epoch was the best one."""
         if not self.saved or self.epoch == last_epoch:
             return False
         for p, saved in zip(self.params, self.saved, strict=True):
-            p.data.copy_(saved.to(p.device))
+            _local(p).copy_(saved.to(p.device))
         return True
+
+
+def _local(param: Any) -> Any:
+    """The tensor this process holds of `param`, detached: under FSDP 2 a parameter is a
+    DTensor and this its own shard, kept and put back without any collective."""
+    import torch
+
+    with torch.no_grad():
+        return (param.to_local() if hasattr(param, "to_local") else param).detach()
