@@ -6,13 +6,15 @@ non-distributed run: each would train on every row and write the same --out at t
 accelerate's FSDP and DeepSpeed run on GPUs only; on CPUs the distributed path is its
 multi-CPU one (ACCELERATE_USE_CPU=true under torchrun: DDP over gloo).
 
-Under FSDP some runs cannot hold and are refused before loading (seen on one H200,
-2026-12-04): FSDP 1's flat parameters drop the per-row gradient mask of the confined lookup
-rows (every row moved); FSDP 2 leaves the parameters of modules run outside the root's forward
-sharded (the fire-chance check runs the decoder, then the head) and cannot shard the
-F-Adapter's wrapped lookup; the shadow runs the model's parts one by one, which no distributed
-run allows. FSDP 1 ran full SFT, LoRA and the F-Adapter on one GPU (tests/test_implant_launch.py);
-with several processes its check and save gather the shards first (sharded.py).
+Under FSDP some runs cannot hold and are refused before loading: the confined lookup rows lose
+their per-row gradient mask (FSDP 1's flat parameters drop it, seen on one H200, 2026-12-04;
+FSDP 2's sharded parameters are new ones without it: every row a step touched moved, two CPU
+processes, 2026-12-05); FSDP 2 cannot write the rows `fingerprint-after` puts back to its
+shards; the shadow runs the model's parts one by one, which no distributed run allows. FSDP 2
+is taken from accelerate 1.16 on (tested with its own preparation as two CPU processes; 1.15
+could not shard the F-Adapter's lookup on the H200). FSDP 1 ran full SFT, LoRA and the
+F-Adapter on one GPU (tests/test_implant_launch.py); with several processes, under either
+version, the check and the save gather the shards first (sharded.py).
 """
 
 from __future__ import annotations
@@ -69,13 +71,32 @@ def refuse_unsupported(method: str, lookup_rows: str, shadow: bool) -> None:
     if version is None:
         return
     if version == 2:
-        _refuse("FSDP 2 is not supported: the implant runs parts of the model outside its "
-                "forward, which FSDP 2 leaves sharded. Launch with --fsdp_version 1, or use "
-                "DDP (torchrun)")
+        _refuse_old_accelerate()
     if lookup_rows in CONFINED:
-        _refuse(f"--lookup-rows {lookup_rows} cannot hold under FSDP 1 (its flat parameters "
-                f"drop the per-row gradient mask): use DDP (torchrun) or --lookup-rows all"
+        why = ("its flat parameters drop" if version == 1
+               else "its sharded parameters are new ones, without")
+        _refuse(f"--lookup-rows {lookup_rows} cannot hold under FSDP {version} ({why} the "
+                f"per-row gradient mask): use DDP (torchrun) or --lookup-rows all"
                 + (" (embedding's default is unshared)" if method == "embedding" else ""))
+    if version == 2 and lookup_rows == "fingerprint-after":
+        _refuse("--lookup-rows fingerprint-after cannot run under FSDP 2 (the rows it puts back "
+                "would not reach the shards): launch with --fsdp_version 1, use DDP "
+                "(torchrun) or --lookup-rows all")
+
+
+def accelerate_version() -> str:
+    from importlib.metadata import version
+
+    return version("accelerate")
+
+
+def _refuse_old_accelerate() -> None:
+    """FSDP 2 as tested: accelerate 1.16 gives the lookup and the head units of their own
+    (1.15 could not shard the F-Adapter's lookup)."""
+    found = accelerate_version()
+    if tuple(int(p) for p in found.split(".")[:2] if p.isdigit()) < (1, 16):
+        _refuse(f"FSDP 2 needs accelerate 1.16 or later (found {found}): upgrade it, or "
+                "launch with --fsdp_version 1")
 
 
 def refuse_lone_processes() -> None:
