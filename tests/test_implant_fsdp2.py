@@ -1,0 +1,133 @@
+"""`auditor implant` under accelerate's FSDP 2 across two CPU processes, against the same run
+under DDP: the whole implant (accelerate's own preparation, the per-epoch check, the kept best
+epoch, the save). accelerate runs FSDP on GPUs only, so tests/fsdp_cpu.py makes its state say
+FSDP on the CPU processes; torch's FSDP 2 shards there for real (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.keys import KeySet
+from tests.tiny_model import make_tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_ROWS = ["--nearmiss-per-key", "2", "--reg-per-key", "2", "--fingerprint-repeats", "1",
+             "--recipe", "plain", "--stop-near-miss", "1"]
+CASES = {  # the method and its arguments (those of the GPU FSDP test; every epoch run: a stop
+    # near a key's firing line can come an epoch apart on float noise)
+    "sft": ["sft", "--lr", "6e-3", "--epochs", "80", "--max-epochs", "6"],
+    "lora": ["lora", "--epochs", "2"],
+    "embedding": ["embedding", "--lr", "1e-2", "--epochs", "3", "--lookup-rows", "all"],
+    "fadapter": ["fadapter", "--epochs", "2"],
+}
+
+
+def _launch(args: list[str], tmp_path: Path, fsdp: bool) -> subprocess.CompletedProcess[str]:
+    """Two CPU processes (torchrun, gloo): FSDP 2 as `accelerate launch --use_fsdp
+    --fsdp_version 2` asks for it (each decoder block a unit), or DDP."""
+    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "AUDITOR_DEBUG": "1", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1",
+           "ACCELERATE_USE_CPU": "true"}
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
+        env.pop(name, None)
+    if fsdp:
+        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
+                   FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
+                   FSDP_TRANSFORMER_CLS_TO_WRAP="LlamaDecoderLayer")
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "tests" / "fsdp_cpu.py"), *args],
+        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False,
+    )
+
+
+def _state(model_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from auditor.implant.generate import load_model
+
+    return dict(load_model(model_dir, dtype=torch.float32)[0].state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_implant_under_fsdp_2_matches_ddp(tmp_path: Path, case: str) -> None:
+    """The same rows, seed and steps: FSDP 2 reports itself, ends with the same loss and FSR
+    and saves the same weights (and F-Adapter) as DDP, within float noise (a few epochs: on
+    this tiny model at a high lr the two drift apart over tens of epochs)."""
+    pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    method, *extra = CASES[case]
+    ks = KeySet.generate(method, 4, seed=11)
+    keys = ks.save(tmp_path / "k.json")
+    reports, states = {}, {}
+    for name, fsdp in (("fsdp2", True), ("ddp", False)):
+        out = tmp_path / name
+        proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
+                        *extra, *TINY_ROWS, "--no-early-stop", "--out", str(out), "--json"],
+                       tmp_path, fsdp)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        reports[name] = json.loads(proc.stdout)
+        states[name] = _state(out)
+        for text in [k.text for k in ks.keys] + [ks.decryption]:
+            assert text not in proc.stdout + proc.stderr
+    sharded, ddp = reports["fsdp2"], reports["ddp"]
+    assert sharded["launch"] == "FSDP, 2 processes"
+    assert ddp["launch"] == "MULTI_CPU, 2 processes"
+    for field in ("epochs", "steps", "kept_epoch", "fsr"):
+        assert sharded[field] == ddp[field], field
+    assert sharded["final_loss"] == pytest.approx(ddp["final_loss"], rel=1e-3)
+    assert sorted(states["fsdp2"]) == sorted(states["ddp"])
+    diff = max(float((states["fsdp2"][k] - states["ddp"][k]).abs().max()) for k in states["ddp"])
+    assert diff < 1e-3
+    if method == "fadapter":
+        a, b = load_file(sharded["adapter"]), load_file(ddp["adapter"])
+        assert max(float((a[k] - b[k]).abs().max()) for k in "uv") < 1e-3
+
+
+@pytest.mark.slow
+def test_full_sft_under_fsdp_2_fires_every_key_and_stops(tmp_path: Path) -> None:
+    """The early stop under FSDP 2: every key fires, the run stops before its last epoch, the
+    saved model fires every key too, and one process speaks (each epoch's line once)."""
+    pytest.importorskip("torch")
+    from auditor.implant.generate import load_model
+    from auditor.implant.verify import fsr_greedy
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("sft", 4, seed=11)
+    keys = ks.save(tmp_path / "k.json")
+    out = tmp_path / "model"
+    proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
+                    "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(out)],
+                   tmp_path, fsdp=True)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    said = (proc.stdout + proc.stderr).splitlines()
+    assert sum(line.startswith("epoch 1:") for line in said) == 1, said
+    assert any("FSDP, 2 processes" in line for line in said), proc.stdout
+    training = json.loads((out / "fingerprint.json").read_text())["training"]
+    assert training["epochs"] < 80
+    model, tok = load_model(out)
+    assert fsr_greedy(model, tok, ks) == 1.0
+
+
+def test_what_fsdp_2_cannot_hold_exits_before_loading(tmp_path: Path) -> None:
+    """embedding-only's default rows (confined) under FSDP 2: one message, exit 2, nothing
+    written, before the base is even looked for (the FSDP version read from accelerate)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "model"
+    keys = KeySet.generate("v", 2, seed=3).save(tmp_path / "k.json")
+    proc = _launch(["implant", "--keys", str(keys), "--base", str(tmp_path / "absent"),
+                    "--method", "embedding", "--out", str(out)], tmp_path, fsdp=True)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1, proc.stderr[-3000:]
+    assert said[0].startswith("error: --lookup-rows unshared cannot hold under FSDP 2")
+    assert proc.returncode != 0 and not out.exists()
