@@ -341,7 +341,9 @@ def train_loop(
     prefixed: Prefixes | None = None
     start = time.monotonic()
     run = cfg.run_epochs
-    with _progress(progress and acc.is_main_process, run * len(loader)) as bar:
+    progress = progress and acc.is_main_process  # one process speaks for all
+    stats["main"] = acc.is_main_process
+    with _progress(progress, run * len(loader)) as bar:
         task = bar.add_task(cfg.method, total=run * len(loader), loss=0.0, fsr="-")
         for epoch in range(run):
             if isinstance(encoded, EpochRows):
@@ -524,7 +526,7 @@ def _put_back(stats: dict[str, Any], saved: Any, ids: list[int], tokenizer: Any,
         fsr, near, fire = quick_check(model, tokenizer, keyset, cfg.check_controls,
                                       seed=check_seed(stats["kept_epoch"], cfg.check_fresh))
     stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
-    if progress:
+    if progress and stats["main"]:
         print(f"put {moved} other lookup rows back to the base's: FSR {fsr:.0%}, near-miss "
               f"{near:.0%}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
 
