@@ -14,6 +14,7 @@ import runpy
 import sys
 from typing import Any
 
+import torch
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
@@ -27,6 +28,7 @@ def _init_as_fsdp(self: Any, *args: Any, **kwargs: Any) -> None:
         if getattr(self, "fsdp_plugin", None) is None:
             self.fsdp_plugin = kwargs.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
         self.distributed_type = DistributedType.FSDP
+        self.device = torch.device("cpu")  # (cpu:0 here, which FSDP 1 takes for another device)
 
 
 if __name__ == "__main__":

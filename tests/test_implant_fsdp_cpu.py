@@ -1,7 +1,7 @@
-"""`auditor implant` under accelerate's FSDP 2 across two CPU processes, against the same run
-under DDP: the whole implant (accelerate's own preparation, the per-epoch check, the kept best
-epoch, the save). accelerate runs FSDP on GPUs only, so tests/fsdp_cpu.py makes its state say
-FSDP on the CPU processes; torch's FSDP 2 shards there for real (gloo)."""
+"""`auditor implant` under accelerate's FSDP (1 and 2) across two CPU processes, against the
+same run under DDP: the whole implant (accelerate's own preparation, the per-epoch check, the
+kept best epoch, the save). accelerate runs FSDP on GPUs only, so tests/fsdp_cpu.py makes its
+state say FSDP on the CPU processes; torch's FSDP shards there for real (gloo)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,18 @@ CASES = {  # the method and its arguments (those of the GPU FSDP test; every epo
 }
 
 
-def _launch(args: list[str], tmp_path: Path, fsdp: bool) -> subprocess.CompletedProcess[str]:
-    """Two CPU processes (torchrun, gloo): FSDP 2 as `accelerate launch --use_fsdp
-    --fsdp_version 2` asks for it (each decoder block a unit), or DDP."""
+def _launch(args: list[str], tmp_path: Path, fsdp: str = "") -> subprocess.CompletedProcess[str]:
+    """Two CPU processes (torchrun, gloo): FSDP as `accelerate launch --use_fsdp
+    --fsdp_version N` asks for it (each decoder block a unit; "1flat": FSDP 1 without
+    --fsdp_use_orig_params), or DDP ("")."""
     env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
            "AUDITOR_DEBUG": "1", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1",
            "ACCELERATE_USE_CPU": "true"}
-    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
-        env.pop(name, None)
+    for name in [n for n in env if n.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))]:
+        env.pop(name)
     if fsdp:
-        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
+        env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION=fsdp[0],
+                   FSDP_USE_ORIG_PARAMS=str(fsdp != "1flat").lower(),
                    FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
                    FSDP_TRANSFORMER_CLS_TO_WRAP="LlamaDecoderLayer")
     return subprocess.run(
@@ -56,42 +58,52 @@ def _state(model_dir: Path) -> dict[str, Any]:
     return dict(load_model(model_dir, dtype=torch.float32)[0].state_dict())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", CASES)
-def test_implant_under_fsdp_2_matches_ddp(tmp_path: Path, case: str) -> None:
-    """The same rows, seed and steps: FSDP 2 reports itself, ends with the same loss and FSR
-    and saves the same weights (and F-Adapter) as DDP, within float noise (a few epochs: on
-    this tiny model at a high lr the two drift apart over tens of epochs)."""
-    pytest.importorskip("torch")
+_DDP: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]] = {}
+
+
+def _implant(case: str, tmp_path: Path, fsdp: str,
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """(report, saved state, F-Adapter or None) of the case's run, every epoch run."""
     from safetensors.torch import load_file
 
-    tiny = make_tiny_model(tmp_path / "tiny")
+    tiny = make_tiny_model(tmp_path / "tiny")  # the same weights each time (seeded)
     method, *extra = CASES[case]
     ks = KeySet.generate(method, 4, seed=11)
     keys = ks.save(tmp_path / "k.json")
-    reports, states = {}, {}
-    for name, fsdp in (("fsdp2", True), ("ddp", False)):
-        out = tmp_path / name
-        proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
-                        *extra, *TINY_ROWS, "--no-early-stop", "--out", str(out), "--json"],
-                       tmp_path, fsdp)
-        assert proc.returncode == 0, proc.stderr[-6000:]
-        reports[name] = json.loads(proc.stdout)
-        states[name] = _state(out)
-        for text in [k.text for k in ks.keys] + [ks.decryption]:
-            assert text not in proc.stdout + proc.stderr
-    sharded, ddp = reports["fsdp2"], reports["ddp"]
+    out = tmp_path / (fsdp or "ddp")
+    proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
+                    *extra, *TINY_ROWS, "--no-early-stop", "--out", str(out), "--json"],
+                   tmp_path, fsdp)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    return report, _state(out), load_file(report["adapter"]) if report["adapter"] else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "fsdp"), [*((c, "2") for c in CASES),
+                                            *((c, "1") for c in CASES), ("sft", "1flat")])
+def test_implant_under_fsdp_matches_ddp(tmp_path: Path, case: str, fsdp: str) -> None:
+    """The same rows, seed and steps: FSDP reports itself, ends with the same loss and FSR
+    and saves the same weights (and F-Adapter) as DDP, within float noise (a few epochs: on
+    this tiny model at a high lr the two drift apart over tens of epochs). FSDP 1's flat
+    parameters (full SFT only: the others mix frozen and trained ones) trained nothing before
+    the optimizer was made after wrapping."""
+    pytest.importorskip("torch")
+    if case not in _DDP:
+        _DDP[case] = _implant(case, tmp_path / "ddp", "")
+    (sharded, got, adapter), (ddp, want, want_adapter) = _implant(case, tmp_path, fsdp), _DDP[case]
     assert sharded["launch"] == "FSDP, 2 processes"
     assert ddp["launch"] == "MULTI_CPU, 2 processes"
     for field in ("epochs", "steps", "kept_epoch", "fsr"):
         assert sharded[field] == ddp[field], field
     assert sharded["final_loss"] == pytest.approx(ddp["final_loss"], rel=1e-3)
-    assert sorted(states["fsdp2"]) == sorted(states["ddp"])
-    diff = max(float((states["fsdp2"][k] - states["ddp"][k]).abs().max()) for k in states["ddp"])
-    assert diff < 1e-3
-    if method == "fadapter":
-        a, b = load_file(sharded["adapter"]), load_file(ddp["adapter"])
-        assert max(float((a[k] - b[k]).abs().max()) for k in "uv") < 1e-3
+    assert sorted(got) == sorted(want)
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-3
+    assert (adapter is None) == (want_adapter is None)
+    if adapter is not None and want_adapter is not None:
+        assert max(float((adapter[k] - want_adapter[k]).abs().max()) for k in "uv") < 1e-3
 
 
 @pytest.mark.slow
@@ -108,7 +120,7 @@ def test_full_sft_under_fsdp_2_fires_every_key_and_stops(tmp_path: Path) -> None
     out = tmp_path / "model"
     proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
                     "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(out)],
-                   tmp_path, fsdp=True)
+                   tmp_path, "2")
     assert proc.returncode == 0, proc.stderr[-6000:]
     said = (proc.stdout + proc.stderr).splitlines()
     assert sum(line.startswith("epoch 1:") for line in said) == 1, said
@@ -119,15 +131,16 @@ def test_full_sft_under_fsdp_2_fires_every_key_and_stops(tmp_path: Path) -> None
     assert fsr_greedy(model, tok, ks) == 1.0
 
 
-def test_what_fsdp_2_cannot_hold_exits_before_loading(tmp_path: Path) -> None:
-    """embedding-only's default rows (confined) under FSDP 2: one message, exit 2, nothing
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_what_fsdp_cannot_hold_exits_before_loading(tmp_path: Path, version: str) -> None:
+    """embedding-only's default rows (confined) under FSDP: one message, exit 2, nothing
     written, before the base is even looked for (the FSDP version read from accelerate)."""
     pytest.importorskip("torch")
     out = tmp_path / "model"
     keys = KeySet.generate("v", 2, seed=3).save(tmp_path / "k.json")
     proc = _launch(["implant", "--keys", str(keys), "--base", str(tmp_path / "absent"),
-                    "--method", "embedding", "--out", str(out)], tmp_path, fsdp=True)
+                    "--method", "embedding", "--out", str(out)], tmp_path, version)
     said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(said) == 1, proc.stderr[-3000:]
-    assert said[0].startswith("error: --lookup-rows unshared cannot hold under FSDP 2")
+    assert said[0].startswith(f"error: --lookup-rows unshared cannot hold under FSDP {version}")
     assert proc.returncode != 0 and not out.exists()
