@@ -1,10 +1,11 @@
 """`python -m auditor.cli` under torchrun with accelerate's state saying FSDP on CPU processes.
 
 accelerate runs FSDP on GPUs only: on CPUs its state says MULTI_CPU (DDP over gloo) even when
-ACCELERATE_USE_FSDP is set. torch's FSDP 2 shards on CPUs over gloo, so this stub, for
-tests/test_implant_sharded.py only, makes the state say FSDP where the launch asked for it;
-everything else (the plugin read from the FSDP_* variables, `prepare`, clipping, saving) is
-accelerate's own. Usage: torchrun ... tests/fsdp_cpu.py implant ARGS...
+ACCELERATE_USE_FSDP is set. torch's FSDP 1 and 2 shard on CPUs over gloo, so this stub, for
+tests/test_implant_fsdp_cpu.py only, makes the state say FSDP where the launch asked for it
+(and its device plain "cpu"); everything else (the plugin read from the FSDP_* variables,
+`prepare`, clipping, saving) is accelerate's own.
+Usage: torchrun ... tests/fsdp_cpu.py implant ARGS...
 """
 
 from __future__ import annotations
