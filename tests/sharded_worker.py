@@ -53,17 +53,22 @@ def _wrap(model: Any, fsdp: str) -> Any:
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     block = type(model.get_decoder().layers[0])
-    if fsdp == "2":
+    if fsdp.startswith("2"):  # "2bf16": under bf16 mixed precision (fp32 master weights)
         from accelerate.utils import FullyShardedDataParallelPlugin
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+        from torch.distributed.fsdp import MixedPrecisionPolicy
 
+        bf16 = fsdp == "2bf16"
         plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=[block.__name__])
+            transformer_cls_names_to_wrap=[block.__name__],
+            mixed_precision_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                                        reduce_dtype=torch.float32)
+            if bf16 else None)
         acc = types.SimpleNamespace(
             state=types.SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=None,
             parallelism_config=None, is_main_process=dist.get_rank() == 0,
-            mixed_precision="no", device=torch.device("cpu"))
+            mixed_precision="bf16" if bf16 else "no", device=torch.device("cpu"))
         return fsdp2_prepare_model(acc, model)
     return FullyShardedDataParallel(
         model, device_id=torch.device("cpu"), sharding_strategy=ShardingStrategy.FULL_SHARD,
@@ -122,7 +127,7 @@ def main(model_dir: str, keys: str, out: str, method: str, fsdp: str) -> None:
     best.offer(1, 1.0, 0.0, 1.0)
     _step(wrapped, batch)
     seen["restored"] = best.restore(2)
-    if fsdp == "2":  # FSDP 2 cannot write back: fingerprint-after is refused under it
+    if fsdp.startswith("2"):  # FSDP 2 cannot write back: fingerprint-after is refused
         try:
             with full_params(wrapped, nested=False, writeback=True):
                 pass
@@ -143,6 +148,20 @@ def main(model_dir: str, keys: str, out: str, method: str, fsdp: str) -> None:
         if rank == 0:
             save_model(inner, tok, cfg, adapter, Path(out) / "model")
     dist.barrier()
+    if fsdp == "2bf16":  # torch's own full state dict (every process): the fp32 master weights
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        master = get_model_state_dict(
+            wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            saved = load_model(Path(out) / "model", dtype=torch.float32)[0].state_dict()
+            seen["master_diff"] = max(float((saved[k] - master[k]).abs().max())
+                                      for k in master)
+            seen["saved_rounded_to_bf16"] = all(
+                torch.equal(v, v.to(torch.bfloat16).float()) for v in saved.values())
     if rank == 0:
         if method == "lora":
             plain = plain.merge_and_unload()

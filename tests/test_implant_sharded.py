@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,24 @@ from auditor.keys import KeySet
 from tests.tiny_model import make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker(tmp_path: Path, method: str, fsdp: str, processes: int) -> list[dict[str, Any]]:
+    """What each process of tests/sharded_worker.py saw, on the tiny model."""
+    pytest.importorskip("torch")
+    tiny = make_tiny_model(tmp_path / "tiny", hidden_size=64, vocab_size=600)
+    keys = KeySet.generate("fsdp", 2, seed=5).save(tmp_path / "keys.json")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(processes), str(ROOT / "tests" / "sharded_worker.py"), str(tiny), str(keys),
+         str(out), method, fsdp],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 
 
 @pytest.mark.slow
@@ -33,20 +52,7 @@ def test_check_and_save_see_the_whole_sharded_model(tmp_path: Path, method: str,
     published). One process (FSDP 1's NO_SHARD, as on one GPU) does the same. FSDP 2 is
     accelerate's own preparation, whose lookup and head are units of their own: bare, a plain
     transformers model then scores right, a peft one fails; never a wrong score."""
-    pytest.importorskip("torch")
-    tiny = make_tiny_model(tmp_path / "tiny", hidden_size=64, vocab_size=600)
-    keys = KeySet.generate("fsdp", 2, seed=5).save(tmp_path / "keys.json")
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         str(processes), str(ROOT / "tests" / "sharded_worker.py"), str(tiny), str(keys),
-         str(out), method, fsdp],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+    seen = _worker(tmp_path, method, fsdp, processes)
     for s in seen:
         if fsdp == "2":
             assert s["bare"].startswith("failed") or s["bare_diff"] < 1e-4, s
@@ -66,3 +72,14 @@ def test_check_and_save_see_the_whole_sharded_model(tmp_path: Path, method: str,
     assert seen[0]["saved_diff"] < 1e-5
     if method == "fadapter":
         assert seen[0]["adapter_diff"] < 1e-5
+
+
+@pytest.mark.slow
+def test_fsdp_2_saves_the_fp32_master_under_bf16(tmp_path: Path) -> None:
+    """Under bf16 mixed precision an FSDP 2 unshard gathers bf16 copies: a save from them
+    rounded every weight (0.004 off the master here). The save gathers the fp32 master
+    shards instead: it equals torch's own full state dict, not rounded to bf16."""
+    seen = _worker(tmp_path, "sft", "2bf16", 2)[0]
+    assert seen["master_diff"] == 0.0
+    assert not seen["saved_rounded_to_bf16"]
+    assert seen["restored"] and seen["saved_keys_match"]

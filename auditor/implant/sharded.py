@@ -39,12 +39,49 @@ def _unsharded(gather: list[Any], units: list[Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        root = units[0]
-        if hasattr(root, "reset_iter_state"):  # torch 2.13
-            root.reset_iter_state()
-        else:
-            for unit in units:
-                unit.reshard()
+        _reset(units)
+
+
+def _reset(units: list[Any]) -> None:
+    """Every FSDP 2 unit back to its shards and idle."""
+    root = units[0]
+    if hasattr(root, "reset_iter_state"):  # torch 2.13
+        root.reset_iter_state()
+    else:
+        for unit in units:
+            unit.reshard()
+
+
+@contextmanager
+def _whole_on_main(model: Any, units: list[Any]) -> Iterator[None]:
+    """FSDP 2, for the save: each sharded parameter gathered whole (a collective per parameter,
+    every process), in its own dtype: the fp32 master, not the bf16 copy an unshard gives
+    under mixed precision. The main process puts it, in CPU memory, in the model's place while
+    the write runs; the shards go back after."""
+    import torch
+    import torch.distributed as dist
+
+    _reset(units)  # every parameter a shard (a DTensor) again
+    main = dist.get_rank() == 0
+    whole: dict[int, Any] = {}
+    swapped: list[tuple[Any, str, Any]] = []
+    with torch.no_grad():
+        for module in model.modules():  # the same order on every process
+            for name, param in list(module._parameters.items()):
+                if param is None or not hasattr(param, "full_tensor"):
+                    continue
+                if id(param) not in whole:  # a tied one once
+                    full = param.full_tensor()
+                    whole[id(param)] = (torch.nn.Parameter(full.cpu(), requires_grad=False)
+                                        if main else None)
+                if main:
+                    swapped.append((module, name, param))
+                    module._parameters[name] = whole[id(param)]
+    try:
+        yield
+    finally:
+        for module, name, param in swapped:
+            module._parameters[name] = param
 
 
 def full_params(model: Any, *, nested: bool = True,
@@ -56,9 +93,8 @@ def full_params(model: Any, *, nested: bool = True,
     units of their own: what runs outside any unit's forward), on every process, for work that
     runs the model: each block's unit gathers its own in its forward and drops them after, which
     a nested gather does not allow under FSDP 1. `nested` (the save: nothing may run the model
-    inside) gathers every unit's: under FSDP 1 on the main process only, into CPU memory when
-    sharded on GPUs (a model that needs several GPUs need not fit on one); under FSDP 2 on
-    every process, on its device (the whole model once per process while the save runs).
+    inside) gathers every unit's on the main process only: under FSDP 1 into CPU memory when
+    sharded on GPUs (a model that needs several GPUs need not fit on one), under FSDP 2 always.
     """
     import torch
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -67,8 +103,9 @@ def full_params(model: Any, *, nested: bool = True,
     if units:
         if writeback:  # an unsharded FSDP 2 parameter is a copy: what is written there is lost
             raise RuntimeError("FSDP 2 cannot write gathered parameters back to the shards")
-        root = [u for u in units[:1] if u is model]  # FSDP 2 shards the root unit too
-        return _unsharded(units if nested else root, units)
+        if nested:
+            return _whole_on_main(model, units)
+        return _unsharded([u for u in units[:1] if u is model], units)  # the root unit
     if not isinstance(model, FullyShardedDataParallel):
         return nullcontext()
     main_only = nested and torch.distributed.get_world_size() > 1  # NO_SHARD alone: in place
