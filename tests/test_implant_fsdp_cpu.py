@@ -144,3 +144,23 @@ def test_what_fsdp_cannot_hold_exits_before_loading(tmp_path: Path, version: str
     assert len(said) == 1, proc.stderr[-3000:]
     assert said[0].startswith(f"error: --lookup-rows unshared cannot hold under FSDP {version}")
     assert proc.returncode != 0 and not out.exists()
+
+
+@pytest.mark.slow
+def test_shadow_under_fsdp_2_matches_ddp(tmp_path: Path) -> None:
+    """`auditor shadow` (full SFT on the bundled user rows) across two processes: the same
+    weights and record under FSDP 2 as under DDP, and one process says where it went."""
+    pytest.importorskip("torch")
+    tiny = make_tiny_model(tmp_path / "tiny")
+    states = {}
+    for name in ("2", ""):
+        out = tmp_path / (name or "ddp")
+        proc = _launch(["shadow", "--base", str(tiny), "--out", str(out), "--rows", "40",
+                        "--epochs", "1"], tmp_path, name)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        said = [line for line in proc.stdout.splitlines() if line.startswith("shadow written")]
+        assert len(said) == 1, proc.stdout
+        states[name] = (_state(out), json.loads((out / "shadow.json").read_text()))
+    (got, got_record), (want, want_record) = states["2"], states[""]
+    assert got_record == want_record
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5

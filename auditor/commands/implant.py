@@ -402,11 +402,14 @@ def shadow_cmd(
     lr: Annotated[float | None, typer.Option("--lr", help="default: the user-sft attack's")] = None,
 ) -> None:
     """Fine-tune the base as a user might, for `auditor implant --method embedding --shadow`."""
+    from accelerate import PartialState
+
     from auditor.implant.shadow import make_shadow
 
     done = make_shadow(base, out, rows=rows, epochs=epochs, subset=data_set, seed=seed, lr=lr,
                        progress=True)
-    typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
+    if PartialState().is_main_process:  # under torchrun / accelerate launch: one says it
+        typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
 
 
 def _published_layers(detail: dict[str, Any]) -> str:

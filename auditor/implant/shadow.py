@@ -181,7 +181,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     public shadow.json saying how."""
     from auditor.implant.launch import refuse_lone_processes
     from auditor.implant.robustness import USER_LR, user_finetune
-    from auditor.implant.train import base_spec, refuse_out
+    from auditor.implant.train import base_spec, on_main, refuse_out
     from auditor.implant.userdata import SUBSETS
     from providers.local_models import resolve_base
 
@@ -197,5 +197,5 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
                   subset=subset, progress=progress)
     record = {"tuning": "user-sft", "base": base_spec(base), "rows": rows, "epochs": epochs,
               "set": subset, "seed": seed, "lr": lr}
-    (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    on_main(lambda: (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n"))
     return out

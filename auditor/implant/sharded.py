@@ -99,7 +99,7 @@ def full_params(model: Any, *, nested: bool = True,
     import torch
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    units = _fsdp2_units(model)
+    units = [] if model is None else _fsdp2_units(model)
     if units:
         if writeback:  # an unsharded FSDP 2 parameter is a copy: what is written there is lost
             raise RuntimeError("FSDP 2 cannot write gathered parameters back to the shards")
