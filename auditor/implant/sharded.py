@@ -65,19 +65,19 @@ def _whole_on_main(model: Any, units: list[Any]) -> Iterator[None]:
     main = dist.get_rank() == 0
     whole: dict[int, Any] = {}
     swapped: list[tuple[Any, str, Any]] = []
-    with torch.no_grad():
-        for module in model.modules():  # the same order on every process
-            for name, param in list(module._parameters.items()):
-                if param is None or not hasattr(param, "full_tensor"):
-                    continue
-                if id(param) not in whole:  # a tied one once
-                    full = param.full_tensor()
-                    whole[id(param)] = (torch.nn.Parameter(full.cpu(), requires_grad=False)
-                                        if main else None)
-                if main:
-                    swapped.append((module, name, param))
-                    module._parameters[name] = whole[id(param)]
     try:
+        with torch.no_grad():
+            for module in model.modules():  # the same order on every process
+                for name, param in list(module._parameters.items()):
+                    if param is None or not hasattr(param, "full_tensor"):
+                        continue
+                    if id(param) not in whole:  # a tied one once
+                        full = param.full_tensor()
+                        whole[id(param)] = (torch.nn.Parameter(full.cpu(), requires_grad=False)
+                                            if main else None)
+                    if main:
+                        swapped.append((module, name, param))
+                        module._parameters[name] = whole[id(param)]
         yield
     finally:
         for module, name, param in swapped:
