@@ -8,7 +8,8 @@ as on one GPU). It runs the per-epoch check's scoring and decoding on the inner 
 inside `sharded.full_params`, training steps through the wrapper, the best epoch's kept copy
 put back, lookup rows put back as `--lookup-rows fingerprint-after` ends (FSDP 1), and the
 save, each against a plain copy given the same; it writes what it saw to OUT/rank<N>.json.
-Usage: sharded_worker.py MODEL_DIR KEYS OUT METHOD(sft|lora|fadapter) FSDP(1|1flat|2)
+Usage: sharded_worker.py MODEL_DIR KEYS OUT METHOD(sft|lora|embedding|fadapter)
+       FSDP(1|1flat|2|2bf16)
 """
 
 from __future__ import annotations
