@@ -294,3 +294,35 @@ def test_each_method_under_fsdp_on_a_gpu(tmp_path: Path, case: str, version: int
         assert report["adapter"] is None and changed
     else:
         assert changed == [] and report["adapter"] is not None
+
+
+@pytest.mark.slow
+def test_robustness_under_torchrun_tunes_together_and_reports_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`auditor robustness` as two CPU processes: the user fine-tune is shared (one work dir,
+    named by the main process), the main process alone evaluates, one JSON report, the work
+    dir removed after. (Each process made its own temporary dir, so the second looked for a
+    tuned model that the first had written elsewhere, and failed.)"""
+    pytest.importorskip("torch")
+    tiny = make_tiny_model(tmp_path / "tiny")
+    ks = KeySet.generate("rob", 2, seed=11)
+    keys = ks.save(tmp_path / "rob.json")
+    model = tmp_path / "model"
+    made = run_cli("implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
+                   "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(model), "--json",
+                   cwd=tmp_path, env={"AUDITOR_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert made.code == 0, made.err[-3000:]
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setenv("TMPDIR", str(work))  # the processes' temporary dirs go here
+    proc = _torchrun(["robustness", "--model", str(model), "--keys", str(keys),
+                      "--attack", "user-sft", "--attack", "temperature", "--rows", "20",
+                      "--epochs", "1", "--samples", "2", "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    results = json.loads(proc.stdout)["results"]  # one JSON document
+    assert [r["attack"] for r in results] == ["user-sft", "temperature"]
+    assert all(r["skipped"] is None and r["fsr"] is not None for r in results), results
+    assert not list(work.glob("robust-*"))  # (torchrun's agent leaves its own dir there)
+    for text in [k.text for k in ks.keys] + [ks.decryption]:
+        assert text not in proc.stdout + proc.stderr

@@ -371,6 +371,10 @@ def robustness_cmd(
         )
         for a in attack
     ]
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under torchrun / accelerate launch: one report
+        return None
     if as_json:
         return _emit_json({"results": [r.to_dict() for r in results]})
     _table(

@@ -10,9 +10,11 @@ Only ids and counts leave this module; never key text or the decryption.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,21 +104,24 @@ def fsr_with_system(model: Any, tok: Any, keyset: KeySet, system: str) -> float:
 
 
 def _attack_user(
-    model_dir: Path, keyset: KeySet, attack: str, work: Path, **kw: Any
+    model_dir: Path, keyset: KeySet, attack: str, work: Path, tuned: Path | None = None,
+    **kw: Any
 ) -> AttackResult:
+    """`tuned`: the user fine-tune, when several processes made it already."""
     from auditor.implant.verify import fsr_greedy
 
     start = time.monotonic()
     lookup = in_lookup(model_dir, kw["adapter"])  # a broken record fails before the tuning
-    tuned = user_finetune(
-        model_dir,
-        work / attack,
-        attack,
-        epochs=kw["epochs"],
-        rows=kw["rows"],
-        seed=kw["seed"],
-        progress=kw["progress"],
-    )
+    if tuned is None:
+        tuned = user_finetune(
+            model_dir,
+            work / attack,
+            attack,
+            epochs=kw["epochs"],
+            rows=kw["rows"],
+            seed=kw["seed"],
+            progress=kw["progress"],
+        )
     model, tok = _load(tuned, kw["adapter"])
     fsr = fsr_greedy(model, tok, keyset)
     del model
@@ -221,12 +226,58 @@ def run_attack(
         "seed": seed,
         "progress": progress,
     }
-    with tempfile.TemporaryDirectory(prefix="robust-", dir=work_dir) as tmp:
-        work = Path(tmp)
+    processes = _processes()
+    if processes is None:
+        with tempfile.TemporaryDirectory(prefix="robust-", dir=work_dir) as tmp:
+            return _attack(Path(model_dir), keyset, attack, Path(tmp), **kw)
+    # several processes (torchrun / accelerate launch): they share the user fine-tune, the
+    # main process alone evaluates, in a work dir it makes and names to the others
+    state, broadcast = processes
+    made = tempfile.mkdtemp(prefix="robust-", dir=work_dir) if state.is_main_process else None
+    work = Path(broadcast(made))
+    try:
         if attack in ("user-sft", "user-lora"):
-            return _attack_user(Path(model_dir), keyset, attack, work, **kw)
-        if attack == "temperature":
-            return _attack_temperature(Path(model_dir), keyset, **kw)
-        if attack == "system-prompt":
-            return _attack_system(Path(model_dir), keyset, **kw)
-        return _attack_gguf(Path(model_dir), keyset, work, **kw)
+            in_lookup(Path(model_dir), adapter)  # a broken record fails before the tuning
+            start = time.monotonic()
+            tuned = user_finetune(Path(model_dir), work / attack, attack, epochs=epochs,
+                                  rows=rows, seed=seed, progress=progress)
+            if state.is_main_process:
+                done = _attack_user(Path(model_dir), keyset, attack, work, tuned=tuned, **kw)
+                return replace(done, seconds=time.monotonic() - start)
+        elif state.is_main_process:
+            return _attack(Path(model_dir), keyset, attack, work, **kw)
+        return AttackResult(attack, None, 0.0, skipped="evaluated by the main process")
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _attack(model_dir: Path, keyset: KeySet, attack: str, work: Path,
+            **kw: Any) -> AttackResult:
+    if attack in ("user-sft", "user-lora"):
+        return _attack_user(model_dir, keyset, attack, work, **kw)
+    if attack == "temperature":
+        return _attack_temperature(model_dir, keyset, **kw)
+    if attack == "system-prompt":
+        return _attack_system(model_dir, keyset, **kw)
+    return _attack_gguf(model_dir, keyset, work, **kw)
+
+
+def _processes() -> tuple[Any, Callable[[str | None], str]] | None:
+    """None in a lone process; under a launcher, accelerate's process state and a function
+    that hands the main process's value to every process (refused when accelerate set up no
+    distributed run for the launched processes)."""
+    from auditor.implant.launch import launched_processes, refuse_lone_processes
+
+    if launched_processes() == 1:
+        return None
+    refuse_lone_processes()
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    def broadcast(value: str | None) -> str:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return str(box[0])
+
+    return PartialState(), broadcast
