@@ -303,7 +303,8 @@ def test_robustness_under_torchrun_tunes_together_and_reports_once(
     """`auditor robustness` as two CPU processes: the user fine-tune is shared (one work dir,
     named by the main process), the main process alone evaluates, one JSON report, the work
     dir removed after. (Each process made its own temporary dir, so the second looked for a
-    tuned model that the first had written elsewhere, and failed.)"""
+    tuned model that the first had written elsewhere, and failed.) check-local likewise
+    reports once."""
     pytest.importorskip("torch")
     tiny = make_tiny_model(tmp_path / "tiny")
     ks = KeySet.generate("rob", 2, seed=11)
@@ -326,3 +327,9 @@ def test_robustness_under_torchrun_tunes_together_and_reports_once(
     assert not list(work.glob("robust-*"))  # (torchrun's agent leaves its own dir there)
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in proc.stdout + proc.stderr
+    # check-local has nothing to share: one process checks, one JSON document (each did)
+    checked = _torchrun(["check-local", "--model", str(model), "--keys", str(keys),
+                         "--controls", "5", "--ordinary", "5", "--samples", "1", "--json"],
+                        tmp_path)
+    assert checked.returncode == 0, checked.stderr[-6000:]
+    assert json.loads(checked.stdout)["fsr_greedy"] == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -287,6 +288,8 @@ def check_local_cmd(
     if adapter is not None and not adapter.is_file():
         raise UserError(f"adapter file not found: {adapter}")
     keyset = KeySet.load(keys)
+    if os.environ.get("RANK", "0") != "0":  # started by a launcher: one process checks
+        return None
     _say_adapter_note(adapter, model, layers_from)
     res = check_local(
         model,
