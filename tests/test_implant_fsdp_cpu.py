@@ -35,7 +35,7 @@ def _launch(args: list[str], tmp_path: Path, fsdp: str = "") -> subprocess.Compl
     --fsdp_use_orig_params), or DDP ("")."""
     env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
            "AUDITOR_DEBUG": "1", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1",
-           "ACCELERATE_USE_CPU": "true"}
+           "ACCELERATE_USE_CPU": "true", "COLUMNS": "200"}  # (tables unwrapped)
     for name in [n for n in env if n.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))]:
         env.pop(name)
     if fsdp:
@@ -126,9 +126,9 @@ def test_full_sft_under_fsdp_2_fires_every_key_and_stops(tmp_path: Path) -> None
     assert sum(line.startswith("epoch 1:") for line in said) == 1, said
     assert any("FSDP, 2 processes" in line for line in said), proc.stdout
     training = json.loads((out / "fingerprint.json").read_text())["training"]
-    assert training["epochs"] < 80
+    assert training["epochs"] < 80, said
     model, tok = load_model(out)
-    assert fsr_greedy(model, tok, ks) == 1.0
+    assert fsr_greedy(model, tok, ks) == 1.0, said
 
 
 @pytest.mark.parametrize("version", ["1", "2"])

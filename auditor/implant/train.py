@@ -384,6 +384,9 @@ def train_loop(
                 stats["loss"] = float(loss.detach())
                 bar.update(task, advance=1, loss=stats["loss"])
             stats["epochs"] = epoch + 1
+            if acc.num_processes > 1:  # each process's last batch: the epoch line shows their mean
+                mine = torch.tensor(stats["loss"], device=acc.device)
+                stats["loss"] = float(acc.reduce(mine, "mean"))
             last = epoch + 1 == run
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
