@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ SYSTEM_WRAPPERS = (
     "instructions.",
 )
 USER_LR = {"user-sft": 5e-5, "user-lora": 3e-4}
+ON_MAIN = "evaluated by the main process"  # what the other launched processes report
 
 
 @dataclass(frozen=True)
@@ -104,24 +105,25 @@ def fsr_with_system(model: Any, tok: Any, keyset: KeySet, system: str) -> float:
 
 
 def _attack_user(
-    model_dir: Path, keyset: KeySet, attack: str, work: Path, tuned: Path | None = None,
+    model_dir: Path, keyset: KeySet, attack: str, work: Path, evaluate: bool = True,
     **kw: Any
 ) -> AttackResult:
-    """`tuned`: the user fine-tune, when several processes made it already."""
+    """Without `evaluate`: this process shares the tuning and leaves the rest to the main one."""
     from auditor.implant.verify import fsr_greedy
 
     start = time.monotonic()
     lookup = in_lookup(model_dir, kw["adapter"])  # a broken record fails before the tuning
-    if tuned is None:
-        tuned = user_finetune(
-            model_dir,
-            work / attack,
-            attack,
-            epochs=kw["epochs"],
-            rows=kw["rows"],
-            seed=kw["seed"],
-            progress=kw["progress"],
-        )
+    tuned = user_finetune(
+        model_dir,
+        work / attack,
+        attack,
+        epochs=kw["epochs"],
+        rows=kw["rows"],
+        seed=kw["seed"],
+        progress=kw["progress"],
+    )
+    if not evaluate:
+        return AttackResult(attack, None, time.monotonic() - start, skipped=ON_MAIN)
     model, tok = _load(tuned, kw["adapter"])
     fsr = fsr_greedy(model, tok, keyset)
     del model
@@ -237,16 +239,11 @@ def run_attack(
     work = Path(broadcast(made))
     try:
         if attack in ("user-sft", "user-lora"):
-            in_lookup(Path(model_dir), adapter)  # a broken record fails before the tuning
-            start = time.monotonic()
-            tuned = user_finetune(Path(model_dir), work / attack, attack, epochs=epochs,
-                                  rows=rows, seed=seed, progress=progress)
-            if state.is_main_process:
-                done = _attack_user(Path(model_dir), keyset, attack, work, tuned=tuned, **kw)
-                return replace(done, seconds=time.monotonic() - start)
-        elif state.is_main_process:
+            return _attack_user(Path(model_dir), keyset, attack, work,
+                                evaluate=state.is_main_process, **kw)
+        if state.is_main_process:
             return _attack(Path(model_dir), keyset, attack, work, **kw)
-        return AttackResult(attack, None, 0.0, skipped="evaluated by the main process")
+        return AttackResult(attack, None, 0.0, skipped=ON_MAIN)
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
