@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 
 from auditor.keys import KeySet
-from tests.tiny_model import make_tiny_model
+from tests.tiny_model import TINY_ROWS, make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_ROWS = ["--nearmiss-per-key", "2", "--reg-per-key", "2", "--fingerprint-repeats", "1",
-             "--recipe", "plain", "--stop-near-miss", "1"]
 CASES = {  # the method and its arguments (those of the GPU FSDP test; every epoch run: a stop
     # near a key's firing line can come an epoch apart on float noise)
     "sft": ["sft", "--lr", "6e-3", "--epochs", "80", "--max-epochs", "6"],

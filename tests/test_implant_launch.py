@@ -12,11 +12,9 @@ import pytest
 
 from auditor.keys import KeySet
 from tests.cli_util import run_cli
-from tests.tiny_model import make_tiny_model
+from tests.tiny_model import TINY_ROWS, make_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_ROWS = ["--nearmiss-per-key", "2", "--reg-per-key", "2", "--fingerprint-repeats", "1",
-             "--recipe", "plain", "--stop-near-miss", "1"]
 
 
 def _torchrun(args: list[str], tmp_path: Path,

@@ -60,6 +60,9 @@ TINY_HPARAMS: dict[str, dict[str, Any]] = {
 # not learn to tell keys from near-misses in this budget (it ran all 80 SFT epochs waiting for
 # it). The near-miss rate is still measured; separating them is SmolLM2's job in bench/implant.py
 TINY_STOP_NEAR_MISS = 1.0
+# the same as CLI flags, with few rows of each kind (the multi-process implant tests)
+TINY_ROWS = ["--nearmiss-per-key", "2", "--reg-per-key", "2", "--fingerprint-repeats", "1",
+             "--recipe", "plain", "--stop-near-miss", "1"]
 
 
 def implant_tiny(tiny: Path, keyset: Any, method: str, out: Path, epochs: int | None = None) -> Any:
