@@ -10,6 +10,7 @@ Only ids and counts leave this module; never key text or the decryption.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 import time
@@ -31,6 +32,9 @@ SYSTEM_WRAPPERS = (
 )
 USER_LR = {"user-sft": 5e-5, "user-lora": 3e-4}
 ON_MAIN = "evaluated by the main process"  # what the other launched processes report
+# how long the other launched processes wait for the main one's evaluation of an attack
+# before the next (NCCL's own collectives give up after 10 minutes)
+WAIT_HOURS = 12
 
 
 @dataclass(frozen=True)
@@ -272,9 +276,24 @@ def _processes() -> tuple[Any, Callable[[str | None], str]] | None:
     import torch.distributed as dist
     from accelerate import PartialState
 
+    state = PartialState()
+    group = _wait_group()
+
     def broadcast(value: str | None) -> str:
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=group)
         return str(box[0])
 
-    return PartialState(), broadcast
+    return state, broadcast
+
+
+@functools.cache
+def _wait_group() -> Any:
+    """A gloo group over every process with a long timeout, for the broadcast that starts each
+    attack: the others wait there while the main process evaluates the one before (minutes,
+    llama.cpp's on CPU), longer than an NCCL collective waits. Made once, by every process."""
+    import datetime
+
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=WAIT_HOURS))
