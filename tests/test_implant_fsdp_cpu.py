@@ -6,9 +6,7 @@ state say FSDP on the CPU processes; torch's FSDP shards there for real (gloo)."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 
 from auditor.keys import KeySet
 from tests.tiny_model import TINY_ROWS, make_tiny_model
+from tests.torchrun import torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {  # the method and its arguments (those of the GPU FSDP test; every epoch run: a stop
@@ -31,21 +30,16 @@ def _launch(args: list[str], tmp_path: Path, fsdp: str = "") -> subprocess.Compl
     """Two CPU processes (torchrun, gloo): FSDP as `accelerate launch --use_fsdp
     --fsdp_version N` asks for it (each decoder block a unit; "1flat": FSDP 1 without
     --fsdp_use_orig_params), or DDP ("")."""
-    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-           "AUDITOR_DEBUG": "1", "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1",
-           "ACCELERATE_USE_CPU": "true", "COLUMNS": "200"}  # (tables unwrapped)
-    for name in [n for n in env if n.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))]:
-        env.pop(name)
+    env = {"AUDITOR_CACHE": str(tmp_path / "cache"), "AUDITOR_DEBUG": "1",
+           "AUDITOR_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+           "COLUMNS": "200"}  # (tables unwrapped)
     if fsdp:
         env.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION=fsdp[0],
                    FSDP_USE_ORIG_PARAMS=str(fsdp != "1flat").lower(),
                    FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
                    FSDP_TRANSFORMER_CLS_TO_WRAP="LlamaDecoderLayer")
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "fsdp_cpu.py"), *args],
-        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False,
-    )
+    return torchrun([str(ROOT / "tests" / "fsdp_cpu.py"), *args], env,
+                    drop=("FSDP_", "ACCELERATE_USE_FSDP"))
 
 
 def _state(model_dir: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 from auditor.keys import KeySet
 from tests.cli_util import run_cli
 from tests.tiny_model import TINY_ROWS, make_tiny_model
+from tests.torchrun import torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,18 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def _torchrun(args: list[str], tmp_path: Path,
               cpu: bool = True) -> subprocess.CompletedProcess[str]:
     """`auditor` under torchrun, two processes; `cpu`: accelerate's multi-CPU (gloo) mode."""
-    # one thread per process: more made the two processes thrash on 2 cores (237 s, not 36)
-    env = {**os.environ, "AUDITOR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-           "AUDITOR_DEBUG": "1",
-           "OMP_NUM_THREADS": "1", "AUDITOR_THREADS": "1"}
-    env.pop("ACCELERATE_USE_CPU", None)
+    env = {"AUDITOR_CACHE": str(tmp_path / "cache"), "AUDITOR_DEBUG": "1",
+           "AUDITOR_THREADS": "1"}
     if cpu:
         env["ACCELERATE_USE_CPU"] = "true"
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "auditor.cli", *args],
-        capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False,
-    )
+    return torchrun(["-m", "auditor.cli", *args], env, drop=("ACCELERATE_USE_CPU",))
 
 
 def _moved_rows(model_dir: Path, base: Path) -> set[int]:

@@ -4,9 +4,6 @@ save see the whole model inside `sharded.full_params` (tests/sharded_worker.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import pytest
 
 from auditor.keys import KeySet
 from tests.tiny_model import make_tiny_model
+from tests.torchrun import torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,13 +23,8 @@ def _worker(tmp_path: Path, method: str, fsdp: str, processes: int) -> list[dict
     keys = KeySet.generate("fsdp", 2, seed=5).save(tmp_path / "keys.json")
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         str(processes), str(ROOT / "tests" / "sharded_worker.py"), str(tiny), str(keys),
-         str(out), method, fsdp],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False,
-    )
+    proc = torchrun([str(ROOT / "tests" / "sharded_worker.py"), str(tiny), str(keys), str(out),
+                     method, fsdp], processes=processes, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 

@@ -5,24 +5,17 @@ with a long timeout: shown here with a default group that gives up after 3 s."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.torchrun import ROOT, torchrun
 
 
 def _run(tmp_path: Path, mode: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "tests" / "wait_worker.py"), str(tmp_path), mode],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False,
-    )
+    return torchrun([str(ROOT / "tests" / "wait_worker.py"), str(tmp_path), mode],
+                    {"ACCELERATE_USE_CPU": "true"}, timeout=120)
 
 
 def test_the_others_outwait_the_process_groups_timeout(tmp_path: Path) -> None:
