@@ -259,14 +259,20 @@ def test_checking_an_fadapter_model_without_its_adapter_says_where_it_is(tmp_pat
 def test_the_device_row_says_the_cpu_threads_and_how_to_get_more(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """One thread is the default (a busy machine): the implant table says so, and how many the
-    machine has; a GPU row names the launch only."""
+    machine has, and the precision, with bf16 offered where the CPU computes it natively; a GPU
+    row names the launch and the precision only."""
     from auditor.commands.implant import _device
     from auditor.implant import generate
 
     monkeypatch.setattr(generate, "MAX_THREADS", 4)
+    monkeypatch.setattr(generate, "cpu_has_bf16", lambda: False)
     monkeypatch.setenv("AUDITOR_THREADS", "1")
     assert _device("cpu", "one process") == (
-        "cpu (one process, 1 thread of 4: AUDITOR_THREADS=4 on an idle machine)")
+        "cpu (one process, 1 thread of 4: AUDITOR_THREADS=4 on an idle machine, fp32)")
     monkeypatch.setenv("AUDITOR_THREADS", "4")
-    assert _device("cpu", "one process") == "cpu (one process, 4 threads)"
-    assert _device("cuda", "FSDP, 2 processes") == "cuda (FSDP, 2 processes)"
+    assert _device("cpu", "one process") == "cpu (one process, 4 threads, fp32)"
+    monkeypatch.setattr(generate, "cpu_has_bf16", lambda: True)
+    assert _device("cpu", "one process").startswith(
+        "cpu (one process, 4 threads, fp32; this CPU has bf16 instructions: --precision bf16 ")
+    assert _device("cpu", "one process", "bf16") == "cpu (one process, 4 threads, bf16)"
+    assert _device("cuda", "FSDP, 2 processes", "bf16") == "cuda (FSDP, 2 processes, bf16)"

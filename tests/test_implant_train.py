@@ -392,7 +392,7 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
     assert seen[False, torch.float32] > 0  # the decoding that confirmed the stop
     assert res.fsr == 1.0
     record = json.loads((out / "fingerprint.json").read_text())
-    assert record["training"]["compute"] == "bf16"
+    assert record["training"]["compute"] == res.compute == "bf16"
     weights = load_file(str(out / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
     # a check that would stop is confirmed on more fresh look-alikes, pooled with its own

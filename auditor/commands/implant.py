@@ -228,21 +228,24 @@ def implant_cmd(
                 if res.rows_skipped else "") + (
                 f"; {_pct(res.prefix_skipped)} of the positions of the rows run lie before "
                 "their first trained token: run once, then kept" if res.prefix_skipped else "")),
-            ("device", _device(res.device, res.launch)),
+            ("device", _device(res.device, res.launch, res.compute)),
         ],
     )
 
 
-def _device(device: str, launch: str) -> str:
-    """The device and launch; on a CPU the threads too, and how to get more (one by default)."""
-    from auditor.implant.generate import MAX_THREADS, cpu_threads
+def _device(device: str, launch: str, compute: str = "fp32") -> str:
+    """The device, launch and precision; on a CPU the threads too, and how to get more (one by
+    default), and bf16 where the CPU computes it natively (fp32 is the CPU default)."""
+    from auditor.implant.generate import MAX_THREADS, cpu_has_bf16, cpu_threads
 
     if device != "cpu":
-        return f"{device} ({launch})"
+        return f"{device} ({launch}, {compute})"
     n = cpu_threads()
     more = f" of {MAX_THREADS}: AUDITOR_THREADS={MAX_THREADS} on an idle machine" if (
         n < MAX_THREADS) else ""
-    return f"cpu ({launch}, {n} thread{'s' if n > 1 else ''}{more})"
+    faster = ("; this CPU has bf16 instructions: --precision bf16 ran about 1.4x faster on one"
+              if compute == "fp32" and cpu_has_bf16() else "")
+    return f"cpu ({launch}, {n} thread{'s' if n > 1 else ''}{more}, {compute}{faster})"
 
 
 def _say_adapter_note(adapter: Path | None, model: Path, layers_from: Path | None = None) -> None:

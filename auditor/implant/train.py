@@ -68,6 +68,7 @@ class ImplantResult:
     prefix_skipped: float = 0.0  # share of the run rows' positions before their first trained
     # token: kept from one step to the next, not run again (prefix.py)
     launch: str = "one process"  # or accelerate's distributed type and process count
+    compute: str = "fp32"  # or "bf16" (autocast over fp32 master weights)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -783,4 +784,5 @@ def implant(
         rows_skipped=dead,
         prefix_skipped=stats["prefix_skipped"],
         launch=stats["launch"],
+        compute=autocast_dtype(precision),
     )
