@@ -21,9 +21,20 @@ def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     from auditor.implant.generate import cpu_threads
 
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs, "
+    return (f"{platform.system()} {platform.release()}, {cpu}{_bf16()}, {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}, load avg {load:.2f}, "
             f"{cpu_threads()} implant thread(s) (AUDITOR_THREADS){_gpu()}")
+
+
+def _bf16() -> str:
+    """Whether the CPU has bf16 instructions: one model name (e.g. "AMD EPYC") covers CPUs
+    with and without, and --precision bf16 pays only with them."""
+    try:
+        from auditor.implant.generate import cpu_has_bf16
+
+        return " (bf16 instructions)" if cpu_has_bf16() else " (no bf16 instructions)"
+    except ImportError:
+        return ""
 
 
 def _gpu() -> str:
