@@ -14,9 +14,8 @@ import pytest
 
 from auditor.keys import KeySet
 from tests.tiny_model import TINY_ROWS, make_tiny_model
-from tests.torchrun import torchrun
+from tests.torchrun import ROOT, torchrun
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = {  # the method and its arguments (those of the GPU FSDP test; every epoch run: a stop
     # near a key's firing line can come an epoch apart on float noise)
     "sft": ["sft", "--lr", "6e-3", "--epochs", "80", "--max-epochs", "6"],

@@ -13,9 +13,7 @@ import pytest
 from auditor.keys import KeySet
 from tests.cli_util import run_cli
 from tests.tiny_model import TINY_ROWS, make_tiny_model
-from tests.torchrun import torchrun
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.torchrun import ROOT, torchrun
 
 
 def _torchrun(args: list[str], tmp_path: Path,

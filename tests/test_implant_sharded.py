@@ -11,9 +11,7 @@ import pytest
 
 from auditor.keys import KeySet
 from tests.tiny_model import make_tiny_model
-from tests.torchrun import torchrun
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.torchrun import ROOT, torchrun
 
 
 def _worker(tmp_path: Path, method: str, fsdp: str, processes: int) -> list[dict[str, Any]]:

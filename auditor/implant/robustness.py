@@ -276,7 +276,7 @@ def _processes() -> tuple[Any, Callable[[str | None], str]] | None:
     import torch.distributed as dist
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState()  # sets up the process group the wait group is made in
     group = _wait_group()
 
     def broadcast(value: str | None) -> str:
