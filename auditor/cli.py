@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 
@@ -24,47 +25,60 @@ for module in (keys, probe, audit, report, implant, demo):
 
 def main() -> None:
     """Entry point: one clear message and an exit code instead of a traceback."""
+    code = _run()
+    _leave_launch(code)  # (returns unless under a launcher)
+    if code:
+        sys.exit(code)
+
+
+def _run() -> int:
+    """Run the command; its exit code, with one line on stderr for a failure."""
     from providers.base import ConfigError
 
     try:
-        rc = app(standalone_mode=False)
-        _close_process_group()
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
+        rc = app(standalone_mode=False, prog_name="auditor")
+        return rc if isinstance(rc, int) else 0
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
     except typer.Abort:
         print("aborted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except KeyboardInterrupt:
         print("interrupted; evidence recorded so far is kept", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except (UserError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except Exception as exc:  # the last line of defence: short message, no locals
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if callable(message) and isinstance(code, int):  # click's (typer 0.2x: its own click)
+            ctx = getattr(exc, "ctx", None)  # a usage error's command
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            print(f"error: {str(message()).rstrip('.')}{hint}", file=sys.stderr)
+            return code
         if os.environ.get("AUDITOR_DEBUG"):
             raise
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 1))
+        return int(getattr(exc, "exit_code", 1))
 
 
-def _close_process_group() -> None:
-    """Under a launcher, after a command that ended well: destroy the process group. Left to
-    the interpreter's teardown, gloo's threads can abort a process whose work is done (SIGABRT,
-    "terminate called without an active exception"; pytorch#190489; seen once in CI on an FSDP
-    test). Not after a failure: the others may still wait in a collective."""
+def _leave_launch(code: int) -> None:
+    """Under a launcher (a process group made): end the process here, without the interpreter's
+    teardown. There the trained model, which still holds the group, is freed with gloo's threads
+    running, and a process whose work is done can abort (SIGABRT, "terminate called without an
+    active exception"; pytorch#190489): seen in CI on the FSDP 1 tests, and in 1 of 8 runs of two
+    gloo processes that keep a reference to the group past destroy_process_group. The exit
+    handlers still run and the output is flushed. The group is destroyed only after a success:
+    after a failure the others may still wait in a collective (the launcher ends them)."""
     dist = sys.modules.get("torch.distributed")  # never imported here for its own sake
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if code == 0:
         dist.destroy_process_group()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

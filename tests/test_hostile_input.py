@@ -122,6 +122,20 @@ def test_audit_zero_or_negative_budgets(work: Path, option: str, value: str) -> 
          needle=option.removeprefix("--").split("-")[0])
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    ((*AUDIT, "--no-such-flag", "compat:http://127.0.0.1:9/v1#m"),
+     "no such option: --no-such-flag (see auditor audit --help)"),
+    ((*AUDIT, "compat:http://127.0.0.1:9/v1#m", "--samples", "many"),
+     "invalid value for '--samples'"),
+    (("plan",), "missing option '--keys' (see auditor plan --help)"),
+    (("no-such-command",), "no such command 'no-such-command' (see auditor --help)"),
+])
+def test_usage_errors_are_one_line_too(work: Path, args: tuple[str, ...], needle: str) -> None:
+    """What the parser refuses reads like every other refusal: one `error:` line that names
+    the command's --help, exit 2."""
+    _bad(work, *args, needle=needle)
+
+
 def test_unknown_provider(work: Path) -> None:
     _bad(work, *AUDIT, "nosuch:model-x", needle="unknown provider")
 
