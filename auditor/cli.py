@@ -52,9 +52,10 @@ def _run() -> int:
     except Exception as exc:  # the last line of defence: short message, no locals
         message, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
         if callable(message) and isinstance(code, int):  # click's (typer 0.2x: its own click)
-            ctx = getattr(exc, "ctx", None)  # a usage error's command
-            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            print(f"error: {str(message()).rstrip('.')}{hint}", file=sys.stderr)
+            text, ctx = str(message()).rstrip("."), getattr(exc, "ctx", None)
+            if text:  # (empty: a group called bare, its help already shown)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                print(f"error: {text}{hint}", file=sys.stderr)
             return code
         if os.environ.get("AUDITOR_DEBUG"):
             raise

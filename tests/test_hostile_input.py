@@ -136,6 +136,12 @@ def test_usage_errors_are_one_line_too(work: Path, args: tuple[str, ...], needle
     _bad(work, *args, needle=needle)
 
 
+@pytest.mark.parametrize("args", [(), ("keys",)])
+def test_a_bare_group_shows_its_help(work: Path, args: tuple[str, ...]) -> None:
+    res = run_cli(*args, cwd=work)
+    assert res.code == 2 and "Commands" in res.both and "error:" not in res.both, res.both
+
+
 def test_unknown_provider(work: Path) -> None:
     _bad(work, *AUDIT, "nosuch:model-x", needle="unknown provider")
 
