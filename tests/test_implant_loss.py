@@ -153,3 +153,41 @@ def test_soft_rows_use_top_k_plus_rest_and_plain_rows_keep_their_labels(tiny: Pa
     assert float(fast) == pytest.approx(total / count, rel=1e-4)
     assert float(slow) == pytest.approx(total / count, rel=1e-4)
     assert pick_loss(model, batch) is answer_loss
+
+
+def _own_top_k(model: Any, row: Any, k: int) -> Any:
+    """The model's top-k log-probs at the row's answer positions, the row run alone."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([row[0]])).logits[0, :-1]
+    where = [t - 1 for t, lab in enumerate(row[1]) if lab != -100]
+    return torch.log_softmax(logits[where].float(), dim=-1).topk(k, dim=-1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_soft_targets_are_each_rows_own_top_k(tiny: Path, scale: float) -> None:
+    """In chunks of sorted lengths (padded) and with the output projection on the answer
+    positions only, each row gets what it gets run alone; a model that changes its own logits
+    (here: x2) gets them from its whole logits instead."""
+    from auditor.implant.loss import _head_alone_matches, soft_targets
+
+    model, tok, enc = _encoded(tiny)
+    model.eval()
+    assert _head_alone_matches(model, tok, enc[2])
+    if scale != 1.0:
+        forward = model.forward
+
+        def scaled(*args: Any, **kwargs: Any) -> Any:
+            out = forward(*args, **kwargs)
+            out.logits = out.logits * scale
+            return out
+
+        model.forward = scaled
+        assert not _head_alone_matches(model, tok, enc[2])
+    rows = [enc[1], enc[0], enc[2], enc[1]]  # not in length order
+    got = soft_targets(model, tok, rows, k=8, chunk=3)
+    for row, (ids, labels, (top_ids, top_logp)) in zip(rows, got, strict=True):
+        want = _own_top_k(model, row, 8)
+        assert (ids, labels) == (row[0], row[1])
+        assert top_ids.shape == (sum(lab != -100 for lab in row[1]), 8)
+        assert torch.equal(top_ids, want.indices)
+        assert torch.allclose(top_logp, want.values, atol=1e-5)

@@ -123,24 +123,57 @@ def pick_loss(
     return weighted(answer_loss) if same else slow
 
 
-def soft_targets(model: Any, tokenizer: Any, rows: list[Any], k: int = SOFT_TOP_K) -> list[Any]:
+def soft_targets(model: Any, tokenizer: Any, rows: list[Any], k: int = SOFT_TOP_K,
+                 chunk: int = 8) -> list[Any]:
     """Each (ids, labels) row with the model's top-k next-token log-probs at its answer
-    positions, as (ids, labels, (top ids, top log-probs)); each tensor is answer-length x k."""
+    positions, as (ids, labels, (top ids, top log-probs)); each tensor is answer-length x k.
+    Rows run in chunks of similar length (less padding), the output projection and its
+    softmax on the answer positions only when that gives the model's own logits on the
+    shortest row (as ``pick_loss`` checks; not for a model that post-processes its logits)."""
     import torch
 
     from auditor.implant.data import IGNORE, collate
 
-    out: list[Any] = []
-    for start in range(0, len(rows), 8):
-        chunk = rows[start : start + 8]
-        batch = {k_: v.to(model.device) for k_, v in collate(chunk, tokenizer.pad_token_id).items()}
-        with torch.no_grad():
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits[:, :-1]
-        top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+    out: list[Any] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    fast = bool(rows) and _head_alone_matches(model, tokenizer, rows[order[0]])
+    for start in range(0, len(order), chunk):
+        picked = order[start : start + chunk]
+        batch = {n: v.to(model.device)
+                 for n, v in collate([rows[i] for i in picked], tokenizer.pad_token_id).items()}
         keep = batch["labels"][:, 1:] != IGNORE  # the answer positions, as in the loss
-        for i, (ids, labels) in enumerate(chunk):
-            row = (top.indices[i][keep[i]].cpu(), top.values[i][keep[i]].cpu())
-            out.append((ids, labels, row))
+        with torch.no_grad():
+            logits = (_answer_logits(model, batch, keep) if fast
+                      else model(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).logits[:, :-1][keep])
+        top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+        ends = keep.sum(dim=1).cumsum(dim=0).tolist()  # each row's answer positions, in order
+        for i, begin, end in zip(picked, [0, *ends[:-1]], ends, strict=True):
+            ids, labels = rows[i][:2]
+            out[i] = (ids, labels, (top.indices[begin:end].cpu(), top.values[begin:end].cpu()))
     return out
+
+
+def _answer_logits(model: Any, batch: dict[str, Any], keep: Any) -> Any:
+    """The decoder, then the output projection at the kept positions, one row each."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"]).last_hidden_state
+    return model.get_output_embeddings()(hidden[:, :-1][keep])
+
+
+def _head_alone_matches(model: Any, tokenizer: Any, row: Any) -> bool:
+    """Whether ``_answer_logits`` gives the model's own logits on one row."""
+    import torch
+
+    from auditor.implant.data import IGNORE, collate
+
+    batch = {n: v.to(model.device) for n, v in collate([row], tokenizer.pad_token_id).items()}
+    keep = batch["labels"][:, 1:] != IGNORE
+    try:
+        with torch.no_grad():
+            fast = _answer_logits(model, batch, keep)
+            full = model(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+    except (AttributeError, NotImplementedError, TypeError, ValueError):
+        return False
+    return bool(torch.allclose(fast.float(), full.float(), rtol=1e-4, atol=1e-5))
