@@ -162,7 +162,7 @@ def epoch_nearmiss_rows(keyset: KeySet, config: DataConfig, seed: int, epoch: in
 
 
 # -- self-distillation cache ------------------------------------------------------------
-def _model_ident(model_dir: Path) -> str:
+def model_ident(model_dir: Path) -> str:
     """Identity of a checkpoint: its config plus weight file sizes and mtimes."""
     parts = [(model_dir / "config.json").read_text(encoding="utf-8")]
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -174,7 +174,7 @@ def _model_ident(model_dir: Path) -> str:
 def _cache_file(model_dir: Path) -> Path:
     from providers.local_models import cache_root
 
-    return cache_root() / "distill" / f"{_model_ident(model_dir)}-{REG_MAX_NEW_TOKENS}.json"
+    return cache_root() / "distill" / f"{model_ident(model_dir)}-{REG_MAX_NEW_TOKENS}.json"
 
 
 def _prompt_key(prompt: str) -> str:

@@ -693,12 +693,13 @@ def implant(
     rows = build_rows(keyset, base_dir, data, seed, model=model, tokenizer=tok)
     every = [encode_row(tok, r.messages) for r in rows]
     if data.reg_kl:  # the base's own next-token distributions, taken before any training
-        from auditor.implant.loss import soft_targets
+        from auditor.implant.soft_cache import cached_soft_targets
 
         # also for rows that are not run (live_rows.py): a row with soft targets is not one of
         # the shadow's, so they set the weight of its loss (shadow.py)
         reg = [i for i, r in enumerate(rows) if r.kind == "regularization"]
-        for i, row in zip(reg, soft_targets(model, tok, [every[i] for i in reg]), strict=True):
+        soft = cached_soft_targets(model, tok, [every[i] for i in reg], base_dir)
+        for i, row in zip(reg, soft, strict=True):
             every[i] = row
     encoded: list[Encoded] | EpochRows = every
     kinds = [r.kind for r in rows]
