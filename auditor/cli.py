@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 
@@ -78,7 +79,8 @@ def _leave_launch(code: int) -> None:
         dist.destroy_process_group()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        with contextlib.suppress(OSError, ValueError):  # a reader gone: nothing left to say
+            stream.flush()
     os._exit(code)
 
 
