@@ -68,8 +68,8 @@ def _leave_launch(code: int) -> None:
     """Under a launcher (a process group made): end the process here, without the interpreter's
     teardown. There the trained model, which still holds the group, is freed with gloo's threads
     running, and a process whose work is done can abort (SIGABRT, "terminate called without an
-    active exception"; pytorch#190489): seen in CI on the FSDP 1 tests, and in 1 of 8 runs of two
-    gloo processes that keep a reference to the group past destroy_process_group. The exit
+    active exception"; pytorch#190489): seen in CI on the FSDP 1 tests, and in 6 of 20 launches of
+    tests/leave_worker.py's two processes, which keep the group past destroy_process_group. The exit
     handlers still run and the output is flushed. The group is destroyed only after a success:
     after a failure the others may still wait in a collective (the launcher ends them)."""
     dist = sys.modules.get("torch.distributed")  # never imported here for its own sake
