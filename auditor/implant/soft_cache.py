@@ -2,9 +2,9 @@
 
 They depend only on the base checkpoint and the row's tokens (the default seed draws the same
 regularization rows for every key set), like the base's own answers that data.py caches; a
-run on the same base skips the base's pass over them (~14 s for 50 rows of SmolLM2 on a
-2-core CPU). Stored exactly (float32 log-probs, int32 ids) in one safetensors file per base,
-top-k and device kind; a damaged file is made again.
+run on the same base skips the base's pass over them (8 s for 50 rows of SmolLM2 on two CPU
+threads; bench/soft_targets.py). Stored exactly (float32 log-probs, int32 ids) in one
+safetensors file per base, top-k and device kind; a damaged file is made again.
 """
 
 from __future__ import annotations
