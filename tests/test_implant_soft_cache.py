@@ -83,3 +83,17 @@ def test_another_top_k_or_base_or_a_damaged_file_is_made_again(
     cfg = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**cfg, "note": "another base"}))
     assert cache_file(base, 8, "cpu") != before
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_targets(
+    setup: tuple[Path, Any, Any, list[Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from auditor.implant.loss import soft_targets
+    from auditor.implant.soft_cache import cached_soft_targets
+
+    base, model, tok, rows = setup
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("AUDITOR_CACHE", str(blocked))
+    _same(cached_soft_targets(model, tok, rows, base, k=8), soft_targets(model, tok, rows, k=8))
+    assert blocked.read_text() == "not a directory"

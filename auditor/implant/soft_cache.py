@@ -9,6 +9,7 @@ safetensors file per base, top-k and device kind; a damaged file is made again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -70,9 +71,15 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, stored: dict[str, Any]) -> None:
+    """Replace the file whole; a cache that cannot be written is only a cache (the run goes on
+    with the targets it computed)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file(stored, str(tmp))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(stored, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
