@@ -77,6 +77,10 @@ def test_self_distillation_is_cached(
     for damaged in ["{cut short", "[1, 2]"]:  # a damaged cache is made again, not a traceback
         data._cache_file(tiny).write_text(damaged, encoding="utf-8")
         assert data.self_distill(tiny, prompts) == first
+    blocked = tmp_path / "a-file"  # a cache that cannot be written: answered all the same
+    blocked.write_text("not a directory", encoding="utf-8")
+    monkeypatch.setenv("AUDITOR_CACHE", str(blocked))
+    assert data.self_distill(tiny, prompts) == first
 
 
 def test_loss_covers_only_the_assistant_answer(tok: Any) -> None:

@@ -11,6 +11,7 @@ only. A Row's repr never shows text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -201,10 +202,14 @@ def self_distill(
         convs = [[{"role": "user", "content": p}] for p in missing]
         answers = generate(model, tokenizer, convs, max_new_tokens=REG_MAX_NEW_TOKENS)
         cache.update({_prompt_key(p): a for p, a in zip(missing, answers, strict=True)})
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        try:  # a cache that cannot be written is only a cache: the run goes on
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(cache, ensure_ascii=False), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return [cache[_prompt_key(p)] for p in prompts]
 
 
