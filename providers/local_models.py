@@ -72,8 +72,12 @@ def _converted(gguf: Path) -> Path:
     target = _cache_dir_for(gguf)
     if is_checkpoint_dir(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the model cache {cache_root()} ({e.strerror}): set "
+                        "AUDITOR_CACHE to a writable directory") from None
     try:
         convert_gguf(gguf, tmp)
         try:

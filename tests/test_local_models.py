@@ -45,6 +45,19 @@ def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert local_models.cache_root() == Path.home() / ".cache" / "if-auditor"
 
 
+def test_a_cache_that_cannot_be_written_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("AUDITOR_CACHE", str(blocked))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(UserError, match=r"cannot write the model cache .*set AUDITOR_CACHE"):
+        local_models.resolve_base(str(gguf))
+    assert blocked.read_text() == "not a directory"
+
+
 @pytest.mark.slow
 def test_smollm2_converts_once_to_a_plain_checkpoint() -> None:
     """The one real SmolLM2 test: converted (or cached) checkpoint loads and chats."""
