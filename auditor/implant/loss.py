@@ -79,16 +79,25 @@ def model_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0) 
 
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return weighted_ce(logits[:, :-1][keep], labels, keep, decision_weight, batch)
+    return weighted_ce(_model_logits(model, batch, keep), labels, keep, decision_weight, batch)
 
 
 def answer_loss(model: Any, batch: dict[str, Any], decision_weight: float = 1.0) -> Any:
     """Mean cross-entropy over the answer tokens (labels != IGNORE), as the model's own."""
-    hidden = model.get_decoder()(
+    return hidden_loss(model, _decoded(model, batch), batch, decision_weight)
+
+
+def _decoded(model: Any, batch: dict[str, Any]) -> Any:
+    """The decoder's last hidden states (no output projection)."""
+    return model.get_decoder()(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).last_hidden_state
-    return hidden_loss(model, hidden, batch, decision_weight)
+
+
+def _model_logits(model: Any, batch: dict[str, Any], keep: Any) -> Any:
+    """The model's own next-token logits at the kept positions, one row each."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[:, :-1][keep]
 
 
 def hidden_loss(model: Any, hidden: Any, batch: dict[str, Any],
@@ -143,9 +152,7 @@ def soft_targets(model: Any, tokenizer: Any, rows: list[Any], k: int = SOFT_TOP_
                  for n, v in collate([rows[i] for i in picked], tokenizer.pad_token_id).items()}
         keep = batch["labels"][:, 1:] != IGNORE  # the answer positions, as in the loss
         with torch.no_grad():
-            logits = (_answer_logits(model, batch, keep) if fast
-                      else model(input_ids=batch["input_ids"],
-                                 attention_mask=batch["attention_mask"]).logits[:, :-1][keep])
+            logits = (_answer_logits if fast else _model_logits)(model, batch, keep)
         top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
         ends = keep.sum(dim=1).cumsum(dim=0).tolist()  # each row's answer positions, in order
         for i, begin, end in zip(picked, [0, *ends[:-1]], ends, strict=True):
@@ -156,9 +163,7 @@ def soft_targets(model: Any, tokenizer: Any, rows: list[Any], k: int = SOFT_TOP_
 
 def _answer_logits(model: Any, batch: dict[str, Any], keep: Any) -> Any:
     """The decoder, then the output projection at the kept positions, one row each."""
-    hidden = model.get_decoder()(input_ids=batch["input_ids"],
-                                 attention_mask=batch["attention_mask"]).last_hidden_state
-    return model.get_output_embeddings()(hidden[:, :-1][keep])
+    return model.get_output_embeddings()(_decoded(model, batch)[:, :-1][keep])
 
 
 def _head_alone_matches(model: Any, tokenizer: Any, row: Any) -> bool:
@@ -172,8 +177,7 @@ def _head_alone_matches(model: Any, tokenizer: Any, row: Any) -> bool:
     try:
         with torch.no_grad():
             fast = _answer_logits(model, batch, keep)
-            full = model(input_ids=batch["input_ids"],
-                         attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+            full = _model_logits(model, batch, keep)
     except (AttributeError, NotImplementedError, TypeError, ValueError):
         return False
     return bool(torch.allclose(fast.float(), full.float(), rtol=1e-4, atol=1e-5))
