@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ def test_a_cache_that_cannot_be_written_still_gives_the_targets(
     setup: tuple[Path, Any, Any, list[Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from auditor.implant.loss import soft_targets
-    from auditor.implant.soft_cache import cached_soft_targets
+    from auditor.implant.soft_cache import cache_file, cached_soft_targets
 
     base, model, tok, rows = setup
     blocked = tmp_path / "a-file"
@@ -97,3 +98,8 @@ def test_a_cache_that_cannot_be_written_still_gives_the_targets(
     monkeypatch.setenv("AUDITOR_CACHE", str(blocked))
     _same(cached_soft_targets(model, tok, rows, base, k=8), soft_targets(model, tok, rows, k=8))
     assert blocked.read_text() == "not a directory"
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path / "cache"))  # the file itself unwritable
+    path = cache_file(base, 8, "cpu")
+    path.with_suffix(f".{os.getpid()}.tmp").mkdir(parents=True)
+    _same(cached_soft_targets(model, tok, rows, base, k=8), soft_targets(model, tok, rows, k=8))
+    assert not path.exists()

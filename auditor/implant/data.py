@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,15 +203,22 @@ def self_distill(
         convs = [[{"role": "user", "content": p}] for p in missing]
         answers = generate(model, tokenizer, convs, max_new_tokens=REG_MAX_NEW_TOKENS)
         cache.update({_prompt_key(p): a for p, a in zip(missing, answers, strict=True)})
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        try:  # a cache that cannot be written is only a cache: the run goes on
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(cache, ensure_ascii=False), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        write_cache(path, lambda tmp: tmp.write_text(json.dumps(cache, ensure_ascii=False),
+                                                     encoding="utf-8"))
     return [cache[_prompt_key(p)] for p in prompts]
+
+
+def write_cache(path: Path, write: Callable[[Path], object]) -> None:
+    """Replace a cache file whole: `write` fills a temporary file beside it, which then takes
+    its place. A cache that cannot be written is only a cache: the run goes on without it."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 # -- tokenization -------------------------------------------------------------------------

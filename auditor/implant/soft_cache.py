@@ -9,13 +9,11 @@ safetensors file per base, top-k and device kind; a damaged file is made again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
-from auditor.implant.data import IGNORE, model_ident
+from auditor.implant.data import IGNORE, model_ident, write_cache
 from auditor.implant.loss import SOFT_TOP_K, soft_targets
 
 
@@ -33,7 +31,11 @@ def row_key(ids: list[int], labels: list[int]) -> str:
 
 def cached_soft_targets(model: Any, tokenizer: Any, rows: list[Any], base_dir: Path,
                         k: int = SOFT_TOP_K) -> list[Any]:
-    """``soft_targets`` of `rows`, taken from the cache where it holds them."""
+    """``soft_targets`` of `rows`, taken from the cache where it holds them (a cache that
+    cannot be written is skipped: data.write_cache)."""
+    import torch
+    from safetensors.torch import save
+
     path = cache_file(base_dir, k, model.device.type)
     stored = _read(path)
     keys = [row_key(ids, labels) for ids, labels, *_ in rows]
@@ -47,17 +49,11 @@ def cached_soft_targets(model: Any, tokenizer: Any, rows: list[Any], base_dir: P
     if missing:
         made = soft_targets(model, tokenizer, [rows[i] for i in missing], k)
         for i, (_, _, (top_ids, top_logp)) in zip(missing, made, strict=True):
-            stored[f"{keys[i]}.ids"] = top_ids.to(dtype=_int32())
+            stored[f"{keys[i]}.ids"] = top_ids.to(dtype=torch.int32)
             stored[f"{keys[i]}.logp"] = top_logp.float().contiguous()
-        _write(path, stored)
+        write_cache(path, lambda tmp: tmp.write_bytes(save(stored)))  # (OSError if it cannot)
     return [(row[0], row[1], (stored[f"{key}.ids"].long(), stored[f"{key}.logp"]))
             for row, key in zip(rows, keys, strict=True)]
-
-
-def _int32() -> Any:
-    import torch
-
-    return torch.int32
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -68,18 +64,3 @@ def _read(path: Path) -> dict[str, Any]:
         return dict(load_file(path)) if path.is_file() else {}
     except (OSError, SafetensorError, ValueError):
         return {}  # damaged: made again
-
-
-def _write(path: Path, stored: dict[str, Any]) -> None:
-    """Replace the file whole; a cache that cannot be written is only a cache (the run goes on
-    with the targets it computed)."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(stored, str(tmp))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
