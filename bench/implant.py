@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from auditor.implant.lookup_rows import LOOKUP_ROWS  # noqa: E402
 from auditor.implant.recipes import RECIPES  # noqa: E402
-from auditor.implant.train import PRECISIONS  # noqa: E402
+from auditor.implant.train import PRECISIONS, SHADOW_METHODS  # noqa: E402
 from auditor.keys import STYLES  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
 
@@ -68,7 +68,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         confirm_controls=args.confirm_controls,
         lookup_rows=args.lookup_rows if args.one in ("embedding", "fadapter") else None,
     )
-    shadow = args.shadow if args.one == "embedding" else None
+    shadow = args.shadow if args.one in SHADOW_METHODS else None
     res = implant(keyset, args.base, args.one, out, seed=args.seed, progress=args.progress,
                   precision=args.precision, max_epochs=args.max_epochs,
                   fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
@@ -115,8 +115,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def label(method: str, shadow: Path | None) -> str:
-    """The method's name in the table: embedding through a shadow is its own row."""
-    return f"{method}+shadow" if shadow is not None and method == "embedding" else method
+    """The method's name in the table: a method through a shadow is its own row."""
+    return f"{method}+shadow" if shadow is not None and method in SHADOW_METHODS else method
 
 
 def _save_partial(path: Path | None, row: dict[str, Any]) -> None:
@@ -267,15 +267,15 @@ def main() -> None:
                    help="embedding, fadapter: which lookup rows change (embedding's "
                    "default: unshared; fadapter's: all)")
     p.add_argument("--shadow", type=Path, default=None,
-                   help="embedding: train the keys to fire through this user-tuned copy of "
-                   "the base too (auditor shadow)")
+                   help="embedding, fadapter: train the keys to fire through this user-tuned "
+                   "copy of the base too (auditor shadow)")
     p.add_argument("--shadow-weight", type=float, default=1.0,
                    help="with --shadow: the shadow's share of the loss")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.shadow is not None and "embedding" not in args.methods.split(","):
-        p.error("--shadow applies to --methods embedding only")
+    if args.shadow is not None and not set(SHADOW_METHODS) & set(args.methods.split(",")):
+        p.error("--shadow applies to --methods embedding or fadapter only")
     if args.one:
         print(json.dumps(run_one(args)))
         return

@@ -49,10 +49,10 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_a_shadow_without_embedding_is_refused() -> None:
+def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     proc = _bench("--methods", "sft,lora", "--shadow", "models/shadow")
     assert proc.returncode == 2
-    assert "--shadow applies to --methods embedding only" in proc.stderr
+    assert "--shadow applies to --methods embedding or fadapter only" in proc.stderr
 
 
 @pytest.mark.slow

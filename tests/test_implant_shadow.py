@@ -1,5 +1,5 @@
 """Shadow layers (auditor/implant/shadow.py) on a tiny random Llama: a user-tuned copy of the
-base that an embedding-only fingerprint is trained to fire through as well."""
+base that an embedding-only or F-Adapter fingerprint is trained to fire through as well."""
 
 from __future__ import annotations
 
@@ -86,6 +86,64 @@ def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     assert tuned.get_output_embeddings().weight is lookup
     assert fsr_greedy(tuned, tok, keyset) == 1.0
     assert fsr_greedy(published, tok, keyset) == 1.0
+
+
+@pytest.mark.parametrize("head", [True, False], ids=["tied-head", "input-only"])
+def test_the_shadow_with_an_fadapter_is_the_tuned_copy_with_the_adapter_applied(
+    tiny: Path, tmp_path: Path, head: bool
+) -> None:
+    """What the shadow computes while an F-Adapter trains is what `fadapter.load_into` makes
+    of a user-tuned copy later (the robustness check): the same logits, and the loss through
+    the shadow moves the adapter only."""
+    from auditor.implant import fadapter
+    from auditor.implant.generate import load_model
+    from auditor.implant.shadow import attach, make_shadow
+
+    shadow_dir = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
+    model, _ = load_model(tiny)
+    wrapper = fadapter.attach(model, rank=4, seed=3, head=head)
+    with torch.no_grad():  # a trained-looking adapter: U starts at zero
+        wrapper.u.copy_(torch.randn(wrapper.u.shape, generator=torch.Generator().manual_seed(5)))
+    twin = attach(model, model.get_input_embeddings().weight, shadow_dir, 1.0)
+    fadapter.save(wrapper, tmp_path / "a.safetensors")
+    applied, _ = load_model(shadow_dir)
+    fadapter.load_into(applied, tmp_path / "a.safetensors")
+    plain, _ = load_model(shadow_dir)
+    ids = torch.tensor([[1, 5, 9, 17, 33, 40, 2]])
+    with torch.no_grad():
+        got, want = twin.model(input_ids=ids).logits, applied(input_ids=ids).logits
+        assert not torch.allclose(plain(input_ids=ids).logits, want, atol=1e-3)
+    assert torch.allclose(got, want, atol=1e-5)
+    twin.model(input_ids=ids).logits.sum().backward()
+    assert wrapper.u.grad is not None and float(wrapper.u.grad.abs().sum()) > 0
+    assert all(p.grad is None for n, p in twin.model.named_parameters()
+               if n.split(".")[-1] not in ("u", "v"))
+
+
+@pytest.mark.slow
+def test_fadapter_keys_fire_through_the_shadow_with_the_adapter_on_it(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from auditor.implant import fadapter
+    from auditor.implant.generate import load_model
+    from auditor.implant.shadow import make_shadow
+    from auditor.implant.train import implant
+    from auditor.implant.verify import fsr_greedy
+
+    keyset = KeySet.generate("tiny", 4, seed=11)
+    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=16, epochs=1, lr=1e-3)
+    before = _digest(shadow)
+    hp = TINY_HPARAMS["fadapter"]
+    res = implant(keyset, str(tiny), "fadapter", tmp_path / "m", lr=hp["lr"],
+                  epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
+                  stop_near_miss=TINY_STOP_NEAR_MISS, shadow=shadow)
+    assert res.fsr == 1.0 and _digest(shadow) == before and res.adapter is not None
+    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
+    assert record["training"]["shadow"]["weight"] == 1.0
+    for model_dir in (tmp_path / "m", shadow):  # the adapter on the published model and on
+        model, tok = load_model(model_dir)  # the user-tuned copy the keys trained through
+        fadapter.load_into(model, Path(res.adapter))
+        assert fsr_greedy(model, tok, keyset) == 1.0
 
 
 def test_a_shadow_from_another_base_fails_before_loading(tmp_path: Path) -> None:

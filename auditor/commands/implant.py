@@ -92,9 +92,9 @@ def implant_cmd(
                            "after user SFT only check-local --layers-from finds it)")
     ] = False,
     shadow: Annotated[
-        Path | None, typer.Option("--shadow", help="embedding: a user-tuned copy of the base "
-                                  "(auditor shadow) the keys must also fire through, so they "
-                                  "survive user fine-tuning")
+        Path | None, typer.Option("--shadow", help="embedding, fadapter: a user-tuned copy of "
+                                  "the base (auditor shadow) the keys must also fire through, "
+                                  "so they survive user fine-tuning")
     ] = None,
     shadow_weight: Annotated[
         float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
@@ -412,7 +412,8 @@ def shadow_cmd(
                                       "uses 0)")] = 1,
     lr: Annotated[float | None, typer.Option("--lr", help="default: the user-sft attack's")] = None,
 ) -> None:
-    """Fine-tune the base as a user might, for `auditor implant --method embedding --shadow`."""
+    """Fine-tune the base as a user might, for `auditor implant --shadow` (embedding,
+    fadapter)."""
     from accelerate import PartialState
 
     from auditor.implant.shadow import make_shadow

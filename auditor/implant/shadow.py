@@ -1,4 +1,4 @@
-"""Shadow layers: an embedding-only fingerprint that still fires after a user fine-tunes.
+"""Shadow layers: a lookup-only fingerprint that still fires after a user fine-tunes.
 
 An embedding-only fingerprint lives in the input lookup. Full fine-tuning by a user barely
 moves the keys' rows of it but moves every layer under them, and the keys stop firing. A
@@ -7,6 +7,11 @@ instruction set, other rows than the robustness attack's). While implanting, eac
 and look-alike rows also go through the shadow's layers, fed the lookup being trained plus the
 shadow's own drift of it; the two losses add, and the stop rule asks both models to meet it.
 The shadow is only read: the published model is the base with a trained lookup, as before.
+
+The F-Adapter trains its lookup the same way (the base's plus the private adapter), and the
+owner later applies the adapter to a suspect's weights: through a shadow the keys learn to
+fire with the adapter on a user-tuned copy too (on its tied head as well, when the adapter
+covers the head), which is what `fadapter.load_into` builds from a tuned model.
 
 torch is imported inside functions only.
 """
@@ -115,10 +120,12 @@ def match_base(shadow_dir: Path, base_dir: Path) -> None:
 def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Shadow:
     """Load the shadow and feed it `model`'s input lookup plus the shadow's drift from
     `base_lookup` (the base's lookup weight, taken before training); `implant` has run
-    `validate` on the dir and weight."""
+    `validate` on the dir and weight. With an F-Adapter that lookup is the base's plus the
+    adapter, so the shadow's is its own plus the adapter, and a tied head gets the adapter
+    on the shadow's own head: the model `fadapter.load_into` makes of a user-tuned copy."""
     import torch
 
-    from auditor.implant.fadapter import is_tied
+    from auditor.implant.fadapter import is_tied, make_adapter_head
     from auditor.implant.generate import load_model
     from auditor.implant.train import untie_output_head
 
@@ -133,8 +140,11 @@ def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Sha
         p.requires_grad_(False)
     lookup = model.get_input_embeddings()
     shadow.set_input_embeddings(shifted_lookup(lookup, drift))
-    if is_tied(model):  # ... unless the trained lookup is the head too: then so in the shadow
-        shadow.set_output_embeddings(shifted_lookup(lookup, drift, head=True))
+    if getattr(lookup, "on_head", False):  # an F-Adapter on a tied head: on the shadow's too,
+        shadow.set_output_embeddings(  # as fadapter.load_into puts it on a tuned model
+            make_adapter_head(shadow.get_output_embeddings(), lookup))
+    elif is_tied(model) and not hasattr(lookup, "u"):  # ... unless the trained lookup is the
+        shadow.set_output_embeddings(shifted_lookup(lookup, drift, head=True))  # head too
     return Shadow(shadow, weight, read_record(shadow_dir))
 
 

@@ -34,6 +34,7 @@ from auditor.implant.verify import FINGERPRINT_FILE
 from auditor.keys import KeySet
 
 METHODS = ("sft", "embedding", "lora", "fadapter")
+SHADOW_METHODS = ("embedding", "fadapter")  # the lookup trains, the layers stay the base's
 # method -> (learning rate, max epochs); tuned on SmolLM2-135M (see DESIGN.md's last section)
 DEFAULTS: dict[str, tuple[float, int]] = {
     "sft": (5e-5, 8),
@@ -610,7 +611,8 @@ def implant(
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
-    a user-tuned copy of the base the keys must fire through too, embedding-only; shadow.py;
+    a user-tuned copy of the base the keys must fire through too, embedding or F-Adapter;
+    shadow.py;
     `lookup_rows`: which rows of the input lookup embedding-only (or the F-Adapter's U)
     changes; lookup_rows.py)."""
     import torch
@@ -650,8 +652,8 @@ def implant(
     if shadow is not None:
         from auditor.implant.shadow import validate
 
-        if method != "embedding":
-            raise UserError("--shadow applies to the embedding method only")
+        if method not in SHADOW_METHODS:
+            raise UserError("--shadow applies to the embedding and fadapter methods only")
         validate(Path(shadow), shadow_weight)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
