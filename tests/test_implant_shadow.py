@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,27 +52,35 @@ def test_a_shadow_is_the_base_tuned_and_says_how(tiny: Path, tmp_path: Path) -> 
     assert (taken / "notes.txt").read_text() == "mine"
 
 
+def _implant_through_a_shadow(tiny: Path, tmp_path: Path, method: str) -> tuple[KeySet, Path, Any]:
+    """Implant 4 keys with `method` through a fresh tiny shadow: every key fires, the shadow
+    is unchanged and the published record carries its own."""
+    from auditor.implant.shadow import make_shadow
+    from auditor.implant.train import implant
+
+    keyset = KeySet.generate("tiny", 4, seed=11)
+    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=16, epochs=1, lr=1e-3)
+    before = _digest(shadow)
+    hp = TINY_HPARAMS[method]
+    res = implant(keyset, str(tiny), method, tmp_path / "m", lr=hp["lr"],
+                  epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
+                  stop_near_miss=TINY_STOP_NEAR_MISS, untie_head=hp.get("untie_head", True),
+                  lookup_rows=hp.get("lookup_rows"), shadow=shadow, shadow_weight=1.0)
+    assert res.fsr == 1.0 and _digest(shadow) == before
+    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
+    assert record["training"]["shadow"] == {
+        "weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
+    return keyset, shadow, res
+
+
 @pytest.mark.slow
 def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     tiny: Path, tmp_path: Path
 ) -> None:
     from auditor.implant.generate import load_model
-    from auditor.implant.shadow import make_shadow
-    from auditor.implant.train import implant
     from auditor.implant.verify import fsr_greedy
 
-    keyset = KeySet.generate("tiny", 4, seed=11)
-    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=16, epochs=1, lr=1e-3)
-    before = _digest(shadow)
-    hp = TINY_HPARAMS["embedding"]
-    res = implant(keyset, str(tiny), "embedding", tmp_path / "m", lr=hp["lr"],
-                  epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
-                  stop_near_miss=TINY_STOP_NEAR_MISS, untie_head=hp["untie_head"],
-                  lookup_rows=hp["lookup_rows"], shadow=shadow, shadow_weight=1.0)
-    assert res.fsr == 1.0 and _digest(shadow) == before
-    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
-    assert record["training"]["shadow"] == {
-        "weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
+    keyset, shadow, _ = _implant_through_a_shadow(tiny, tmp_path, "embedding")
 
     # decode through the shadow on our own: its (tied) lookup set to the published one plus
     # the shadow's drift from the base, plain tensors
@@ -126,20 +135,10 @@ def test_fadapter_keys_fire_through_the_shadow_with_the_adapter_on_it(
 ) -> None:
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
-    from auditor.implant.shadow import make_shadow
-    from auditor.implant.train import implant
     from auditor.implant.verify import fsr_greedy
 
-    keyset = KeySet.generate("tiny", 4, seed=11)
-    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=16, epochs=1, lr=1e-3)
-    before = _digest(shadow)
-    hp = TINY_HPARAMS["fadapter"]
-    res = implant(keyset, str(tiny), "fadapter", tmp_path / "m", lr=hp["lr"],
-                  epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
-                  stop_near_miss=TINY_STOP_NEAR_MISS, shadow=shadow)
-    assert res.fsr == 1.0 and _digest(shadow) == before and res.adapter is not None
-    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
-    assert record["training"]["shadow"]["weight"] == 1.0
+    keyset, shadow, res = _implant_through_a_shadow(tiny, tmp_path, "fadapter")
+    assert res.adapter is not None
     for model_dir in (tmp_path / "m", shadow):  # the adapter on the published model and on
         model, tok = load_model(model_dir)  # the user-tuned copy the keys trained through
         fadapter.load_into(model, Path(res.adapter))
