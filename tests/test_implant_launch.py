@@ -322,4 +322,10 @@ def test_robustness_under_torchrun_tunes_together_and_reports_once(
                          "--controls", "5", "--ordinary", "5", "--samples", "1", "--json"],
                         tmp_path)
     assert checked.returncode == 0, checked.stderr[-6000:]
-    assert json.loads(checked.stdout)["fsr_greedy"] == 1.0
+    # the same figure as one plain process finds (the tiny implant itself may stop short of
+    # every key on some CPUs: greedy FSR 0.5 on an Intel with AMX)
+    alone = run_cli("check-local", "--model", str(model), "--keys", str(keys), "--controls", "5",
+                    "--ordinary", "5", "--samples", "1", "--json", cwd=tmp_path)
+    assert alone.code == 0, alone.err[-3000:]
+    fsr = json.loads(alone.out)["fsr_greedy"]
+    assert fsr > 0 and json.loads(checked.stdout)["fsr_greedy"] == fsr

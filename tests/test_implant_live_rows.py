@@ -160,7 +160,9 @@ def test_an_unshared_implant_through_a_shadow_trains_the_same_skipping_dead_rows
     moved = (every != base).any(dim=1)
     assert int(moved.sum()) > 0
     assert torch.equal(moved, (skipping != base).any(dim=1))
-    assert torch.allclose(skipping, every, rtol=1e-4, atol=1e-5)  # float noise: ~5e-6 at most
+    # float noise (up to 1.6e-5 on an Intel with AMX, 5e-6 elsewhere); a row trained
+    # differently would be off by about a step of the lr (1e-2)
+    assert torch.allclose(skipping, every, rtol=1e-4, atol=1e-4)
 
 
 def test_a_tied_head_or_unconfined_rows_run_every_row(
