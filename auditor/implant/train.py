@@ -18,6 +18,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -291,6 +292,7 @@ def train_loop(
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
+    from auditor.implant.cpu_bf16 import cpu_step
     from auditor.implant.data import collate
     from auditor.implant.frozen import pick_frozen
     from auditor.implant.loss import Loss, model_loss, pick_loss
@@ -343,6 +345,7 @@ def train_loop(
     best = Best(params, cfg.keep_best, cfg.stop_near_miss, cfg.stop_fire_prob or 0.0)
     loss_fn: Loss | None = None
     prefixed: Prefixes | None = None
+    step: Callable[[], Any] = nullcontext  # cpu_bf16.cpu_step, once the model is known plain
     start = time.monotonic()
     run = cfg.run_epochs
     progress = progress and acc.is_main_process  # one process speaks for all
@@ -373,9 +376,13 @@ def train_loop(
                             raise UserError("--shadow needs a single-process run")
                         loss_fn = shadow.wrap(loss_fn, w, live,
                                               constant if prefixed is not None else None)
-                with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
-                    loss = loss_fn(model, batch)
-                acc.backward(loss)
+                    if plain:
+                        step = cpu_step([model] if shadow is None else [model, shadow.model],
+                                        acc.device.type, bf16)
+                with step():
+                    with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
+                        loss = loss_fn(model, batch)
+                    acc.backward(loss)
                 # every parameter (frozen ones have no gradient): accelerate clips sharded
                 # gradients itself only when given all of the model's
                 acc.clip_grad_norm_(model.parameters(), 1.0)
