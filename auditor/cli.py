@@ -27,7 +27,7 @@ for module in (keys, probe, audit, report, implant, demo):
 def main() -> None:
     """Entry point: one clear message and an exit code instead of a traceback."""
     code = _run()
-    _leave_launch(code)  # (returns unless under a launcher)
+    leave_launch(code)  # (returns unless under a launcher)
     if code:
         sys.exit(code)
 
@@ -64,7 +64,7 @@ def _run() -> int:
         return int(getattr(exc, "exit_code", 1))
 
 
-def _leave_launch(code: int) -> None:
+def leave_launch(code: int) -> None:
     """Under a launcher (a process group made): end the process here, without the interpreter's
     teardown. There the trained model, which still holds the group, is freed with gloo's threads
     running, and a process whose work is done can abort (SIGABRT, "terminate called without an

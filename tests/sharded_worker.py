@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,14 +176,13 @@ def main(model_dir: str, keys: str, out: str, method: str, fsdp: str) -> None:
         seen["saved_keys_match"] = sorted(saved) == sorted(ref)
         seen["saved_diff"] = max(float((saved[k] - ref[k]).abs().max()) for k in ref)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
+    from auditor.cli import leave_launch
+
     main(*sys.argv[1:6])
-    # the work is done and written: end as auditor.cli does under a launcher, without the
-    # interpreter's teardown, where the FSDP models still holding the group can abort a
-    # process (SIGABRT) after its work (auditor/cli.py, _leave_launch)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # the work is done and written: end as the auditor command does under a launcher, without
+    # the interpreter's teardown, where the FSDP models still holding the group can abort a
+    # process (SIGABRT) after its work
+    leave_launch(0)
