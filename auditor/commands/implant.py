@@ -243,7 +243,7 @@ def _device(device: str, launch: str, compute: str = "fp32") -> str:
     n = cpu_threads()
     more = f" of {MAX_THREADS}: AUDITOR_THREADS={MAX_THREADS} on an idle machine" if (
         n < MAX_THREADS) else ""
-    faster = ("; this CPU has bf16 instructions: --precision bf16 ran 1.2-1.4x faster on "
+    faster = ("; this CPU has bf16 instructions: --precision bf16 ran 1.2-2x faster on "
               "two such CPUs"
               if compute == "fp32" and cpu_has_bf16() else "")
     return f"cpu ({launch}, {n} thread{'s' if n > 1 else ''}{more}, {compute}{faster})"

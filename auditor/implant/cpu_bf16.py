@@ -3,7 +3,7 @@
 Under autocast a linear layer's fp32 weight is cast to bf16 on every call; torch keeps the cast
 only for weights that train. With every block frozen (embedding-only, the F-Adapter, LoRA's base
 layers) each step recast the whole model, twice through a shadow: on a 2-core Intel with AMX an
-embedding-only epoch spent 19 % of its time in those copies. `CastOnce` holds a bf16 copy of
+embedding-only epoch spent 14 % of its time in those copies. `CastOnce` holds a bf16 copy of
 each frozen linear weight and swaps it in for a training step only: autocast would have made
 the same bf16 values, so the step computes the same numbers, and outside the step (checks that
 decode in fp32, the save) every weight is its fp32 self again.
