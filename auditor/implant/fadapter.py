@@ -24,6 +24,7 @@ kept in the adapter file, so whoever applies it later gets the same model.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -120,16 +121,26 @@ def detach(model: Any) -> None:
 
 
 def save(wrapper: Any, path: Path) -> Path:
-    """Write the private adapter (U, V, scale) as safetensors."""
-    from safetensors.torch import save_file
+    """Write the private adapter (U, V, scale) as safetensors, the same bytes for the same
+    adapter (safetensors orders metadata keys differently in each process: the header is
+    written again with sorted keys, so the file's hash can be kept)."""
+    import json
+
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"u": wrapper.u.detach().float().cpu(), "v": wrapper.v.detach().float().cpu()}
     meta = {"scale": str(wrapper.scale), "format": "fadapter-1",
             "head": "tied" if wrapper.on_head else "input-only"}
-    save_file(tensors, str(path), metadata=meta)
-    if hasattr(path, "chmod"):
-        path.chmod(0o600)  # private: whoever holds it can fire the fingerprint
+    raw = save(tensors, metadata=meta)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + size]), sort_keys=True, separators=(",", ":"))
+    head_bytes = header.encode() + b" " * (-len(header) % 8)  # the format's 8-byte alignment
+    # private from the first byte: whoever holds it can fire the fingerprint
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(len(head_bytes).to_bytes(8, "little") + head_bytes + raw[8 + size:])
+    path.chmod(0o600)  # an earlier file's wider mode
     return path
 
 
