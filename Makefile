@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml Makefile
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) install --no-cache-dir "$(LLAMA)" sentencepiece \
 		&& $(PY) -m auditor.implant.gguf_export fetch \
 		|| echo "warning: llama.cpp not set up; its demo endpoint and attack will be skipped"
+	# DeepSpeed, for the ZeRO launch tests (its CPU accelerator, gloo); built against the
+	# torch above (build isolation would fetch an unpinned one); optional: else skipped
+	$(PIP) install --no-build-isolation deepspeed==0.19.8 \
+		|| echo "warning: DeepSpeed not set up; its launch tests will be skipped"
 	touch $(STAMP)
 
 demo: setup

@@ -14,12 +14,21 @@ shards; the shadow runs the model's parts one by one, which no distributed run a
 is taken from accelerate 1.16 on (tested with its own preparation as two CPU processes; 1.15
 could not shard the F-Adapter's lookup on the H200). FSDP 1 ran full SFT, LoRA and the
 F-Adapter on one GPU (tests/test_implant_launch.py); with several processes, under either
-version, the check and the save gather the shards first (sharded.py).
+version, the check and the save gather the shards first (sharded.py). Under DeepSpeed every
+method and lookup-row choice runs at ZeRO 1, 2 and 3 (as two CPU processes: each run equal to
+DDP's, tests/test_implant_deepspeed_cpu.py) but `fingerprint-after` at ZeRO-3, whose
+partitions the rows put back would not reach.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
+import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from auditor.errors import UserError
@@ -62,12 +71,58 @@ def fsdp_version() -> int | None:
     return 2 if os.environ.get("FSDP_VERSION", "1").strip() == "2" else 1
 
 
+def deepspeed_stage() -> int | None:
+    """The ZeRO stage accelerate will run this process under, or None (no DeepSpeed, or none
+    possible): its config file's, else ACCELERATE_DEEPSPEED_ZERO_STAGE, else accelerate's 2."""
+    from accelerate.utils import parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return None
+    if _state().distributed_type.value == "NO":
+        return None
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if file != "none":
+        try:
+            stage = json.loads(Path(file).read_text()).get("zero_optimization", {}).get("stage")
+        except (OSError, ValueError, AttributeError):
+            stage = None  # accelerate says what is wrong with the file
+        if isinstance(stage, int):
+            return stage
+    try:
+        return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
+    except ValueError:
+        return 2
+
+
+def quiet_deepspeed() -> None:
+    """DeepSpeed, where installed, is imported by accelerate (to unwrap a model) and logs to
+    stdout, where --json goes: import it first with its log handler bound to stderr."""
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        importlib.import_module("deepspeed")
+
+
+def hf_zero3_off() -> None:
+    """Under ZeRO-3 accelerate tells transformers to load each model partitioned and to generate
+    in step with every process. Here the engine partitions the model it is given, and a model
+    loaded or run after is one process's alone (the robustness check's main process waited for
+    the others for good, in both): transformers is told no more."""
+    hf_ds: Any = sys.modules.get("transformers.integrations.deepspeed")
+    if hf_ds is not None:
+        hf_ds.unset_hf_deepspeed_config()
+
+
 def refuse_unsupported(method: str, lookup_rows: str, shadow: bool) -> None:
     """Fail before loading on what the FSDP version at hand cannot train (module docstring)."""
     version = fsdp_version()
     if shadow and (version is not None or launched_processes() > 1):
         _refuse("--shadow needs a single process: it runs the model's parts one by one, which "
                 "no distributed run allows")
+    if lookup_rows == "fingerprint-after" and deepspeed_stage() == 3:
+        _refuse("--lookup-rows fingerprint-after cannot run under DeepSpeed ZeRO-3 (the rows it "
+                "puts back would not reach the partitions): use ZeRO 1 or 2, DDP (torchrun) "
+                "or --lookup-rows all")
     if version is None:
         return
     if version == 2:
@@ -102,6 +157,7 @@ def _refuse_old_accelerate() -> None:
 def refuse_lone_processes() -> None:
     """Fail before any work when a launcher started several processes but accelerate set up
     no distributed run for them."""
+    quiet_deepspeed()
     wanted = launched_processes()
     if wanted == 1:
         return

@@ -6,7 +6,9 @@ greedy decoding) and the save use the inner model, so they run inside `full_para
 process gathers the parameters (a collective: all of them must enter), the work runs, and the
 gathered copies are dropped, the training shards untouched. FSDP 1 wraps the model; FSDP 2
 shards it in place (each unit an `FSDPModule`). On one process FSDP 1 does not shard
-(NO_SHARD) and this costs nothing; a model under neither passes through.
+(NO_SHARD) and this costs nothing; a model under neither passes through. DeepSpeed ZeRO-3
+partitions each parameter: its hooks gather them for any forward, the check's too, and the
+save gathers them one by one; ZeRO 1 and 2 keep whole parameters on every process.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def full_params(model: Any, *, nested: bool = True,
     import torch
     from torch.distributed.fsdp import FullyShardedDataParallel
 
+    if nested and zero3(model):
+        return _zero3_whole_on_main(model)
     units = [] if model is None else _fsdp2_units(model)
     if units:
         if writeback:  # an unsharded FSDP 2 parameter is a copy: what is written there is lost
@@ -113,6 +117,42 @@ def full_params(model: Any, *, nested: bool = True,
     return FullyShardedDataParallel.summon_full_params(
         model, writeback=writeback, recurse=nested, rank0_only=main_only,
         offload_to_cpu=main_only and on_gpu)
+
+
+def zero3(model: Any) -> bool:
+    """DeepSpeed ZeRO-3: each process holds a partition of each parameter (`ds_tensor`); the
+    engine's hooks gather a module's parameters around its forward, the check's runs too."""
+    return model is not None and any(hasattr(p, "ds_tensor") for p in model.parameters())
+
+
+@contextmanager
+def _zero3_whole_on_main(model: Any) -> Iterator[None]:
+    """ZeRO-3, for the save: each parameter gathered (a collective per parameter, every
+    process); the main process puts a CPU copy in the model's place while the write runs."""
+    import deepspeed  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    import torch
+    import torch.distributed as dist
+
+    main = dist.get_rank() == 0
+    whole: dict[int, Any] = {}
+    swapped: list[tuple[Any, str, Any]] = []
+    try:
+        for module in model.modules():  # the same order on every process
+            for name, param in list(module._parameters.items()):
+                if param is None or not hasattr(param, "ds_tensor"):
+                    continue
+                if id(param) not in whole:  # a tied one once
+                    with deepspeed.zero.GatheredParameters([param]):
+                        whole[id(param)] = (torch.nn.Parameter(param.detach().cpu().clone(),
+                                                               requires_grad=False)
+                                            if main else None)
+                if main:
+                    swapped.append((module, name, param))
+                    module._parameters[name] = whole[id(param)]
+        yield
+    finally:
+        for module, name, param in swapped:
+            module._parameters[name] = param
 
 
 def whole_state(model: Any) -> dict[str, Any] | None:

@@ -152,8 +152,11 @@ class Best:
 
 def _local(param: Any) -> Any:
     """The tensor this process holds of `param`, detached: under FSDP 2 a parameter is a
-    DTensor and this its own shard, kept and put back without any collective."""
+    DTensor and this its own shard, under DeepSpeed ZeRO-3 its partition (`ds_tensor`), kept
+    and put back without any collective."""
     import torch
 
     with torch.no_grad():
+        if hasattr(param, "ds_tensor"):
+            return param.ds_tensor.detach()
         return (param.to_local() if hasattr(param, "to_local") else param).detach()

@@ -295,6 +295,7 @@ def train_loop(
     from auditor.implant.cpu_bf16 import cpu_step
     from auditor.implant.data import collate
     from auditor.implant.frozen import pick_frozen
+    from auditor.implant.launch import hf_zero3_off
     from auditor.implant.loss import Loss, model_loss, pick_loss
     from auditor.implant.order import BalancedOrder
     from auditor.implant.prefix import Prefixes, pick_prefix, skipped_share
@@ -323,6 +324,7 @@ def train_loop(
     # linear decay to 10 %: late epochs settle instead of oscillating around the keys
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / total))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    hf_zero3_off()  # (DeepSpeed ZeRO-3: launch.py)
     # under `accelerate launch --mixed_precision` prepare() wraps forward in autocast, which
     # answer_loss (calling the decoder) would bypass: drop it, so autocast covers the loss below
     # only, pick_loss compares like with like, and the per-epoch checks run in fp32
