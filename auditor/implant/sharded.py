@@ -13,7 +13,7 @@ save gathers them one by one; ZeRO 1 and 2 keep whole parameters on every proces
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -54,27 +54,34 @@ def _reset(units: list[Any]) -> None:
             unit.reshard()
 
 
+def _whole_on_main(model: Any, units: list[Any]) -> AbstractContextManager[None]:
+    """FSDP 2, for the save: each sharded parameter gathered whole in its own dtype: the fp32
+    master, not the bf16 copy an unshard gives under mixed precision."""
+    _reset(units)  # every parameter a shard (a DTensor) again
+    return _swapped_on_main(model, lambda p: hasattr(p, "full_tensor"),
+                            lambda p: p.full_tensor())
+
+
 @contextmanager
-def _whole_on_main(model: Any, units: list[Any]) -> Iterator[None]:
-    """FSDP 2, for the save: each sharded parameter gathered whole (a collective per parameter,
-    every process), in its own dtype: the fp32 master, not the bf16 copy an unshard gives
-    under mixed precision. The main process puts it, in CPU memory, in the model's place while
-    the write runs; the shards go back after."""
+def _swapped_on_main(model: Any, sharded: Callable[[Any], bool],
+                     whole_of: Callable[[Any], Any]) -> Iterator[None]:
+    """Each `sharded` parameter gathered by `whole_of` (a collective per parameter, every
+    process, the same order); the main process puts a CPU copy in the model's place while the
+    write runs; the shards go back after."""
     import torch
     import torch.distributed as dist
 
-    _reset(units)  # every parameter a shard (a DTensor) again
     main = dist.get_rank() == 0
     whole: dict[int, Any] = {}
     swapped: list[tuple[Any, str, Any]] = []
     try:
         with torch.no_grad():
-            for module in model.modules():  # the same order on every process
+            for module in model.modules():
                 for name, param in list(module._parameters.items()):
-                    if param is None or not hasattr(param, "full_tensor"):
+                    if param is None or not sharded(param):
                         continue
                     if id(param) not in whole:  # a tied one once
-                        full = param.full_tensor()
+                        full = whole_of(param)
                         whole[id(param)] = (torch.nn.Parameter(full.cpu(), requires_grad=False)
                                             if main else None)
                     if main:
@@ -125,34 +132,15 @@ def zero3(model: Any) -> bool:
     return model is not None and any(hasattr(p, "ds_tensor") for p in model.parameters())
 
 
-@contextmanager
-def _zero3_whole_on_main(model: Any) -> Iterator[None]:
-    """ZeRO-3, for the save: each parameter gathered (a collective per parameter, every
-    process); the main process puts a CPU copy in the model's place while the write runs."""
+def _zero3_whole_on_main(model: Any) -> AbstractContextManager[None]:
+    """ZeRO-3, for the save: each parameter gathered from its partitions (`_swapped_on_main`)."""
     import deepspeed  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    import torch
-    import torch.distributed as dist
 
-    main = dist.get_rank() == 0
-    whole: dict[int, Any] = {}
-    swapped: list[tuple[Any, str, Any]] = []
-    try:
-        for module in model.modules():  # the same order on every process
-            for name, param in list(module._parameters.items()):
-                if param is None or not hasattr(param, "ds_tensor"):
-                    continue
-                if id(param) not in whole:  # a tied one once
-                    with deepspeed.zero.GatheredParameters([param]):
-                        whole[id(param)] = (torch.nn.Parameter(param.detach().cpu().clone(),
-                                                               requires_grad=False)
-                                            if main else None)
-                if main:
-                    swapped.append((module, name, param))
-                    module._parameters[name] = whole[id(param)]
-        yield
-    finally:
-        for module, name, param in swapped:
-            module._parameters[name] = param
+    def whole_of(param: Any) -> Any:
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().clone()  # the gathered data is freed on leaving
+
+    return _swapped_on_main(model, lambda p: hasattr(p, "ds_tensor"), whole_of)
 
 
 def whole_state(model: Any) -> dict[str, Any] | None:
