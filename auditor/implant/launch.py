@@ -14,10 +14,11 @@ shards; the shadow runs the model's parts one by one, which no distributed run a
 is taken from accelerate 1.16 on (tested with its own preparation as two CPU processes; 1.15
 could not shard the F-Adapter's lookup on the H200). FSDP 1 ran full SFT, LoRA and the
 F-Adapter on one GPU (tests/test_implant_launch.py); with several processes, under either
-version, the check and the save gather the shards first (sharded.py). Under DeepSpeed every
-method and lookup-row choice runs at ZeRO 1, 2 and 3 (as two CPU processes: each run equal to
-DDP's, tests/test_implant_deepspeed_cpu.py) but `fingerprint-after` at ZeRO-3, whose
-partitions the rows put back would not reach.
+version, the check and the save gather the shards first (sharded.py). DeepSpeed ZeRO 2 and 3
+ran every method (embedding on its confined rows) as two CPU processes, each run equal to DDP's
+(tests/test_implant_deepspeed_cpu.py; ZeRO 1, and fingerprint-after under ZeRO 2, once by
+hand); `fingerprint-after` is refused under ZeRO-3, whose partitions the rows put back would
+not reach.
 """
 
 from __future__ import annotations
