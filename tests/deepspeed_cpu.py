@@ -33,7 +33,8 @@ def _init_as_deepspeed(self: Any, *args: Any, **kwargs: Any) -> None:
 
         if getattr(self, "deepspeed_plugins", None) is None:
             plugin = kwargs.get("deepspeed_plugin") or DeepSpeedPlugin()
-            plugin.set_mixed_precision(kwargs.get("mixed_precision") or "no")
+            plugin.set_mixed_precision(kwargs.get("mixed_precision")
+                                       or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
             plugin.select(_from_accelerator_state=True)
             self.deepspeed_plugins = plugin
         with contextlib.redirect_stdout(sys.stderr):  # (it prints the CPU ops it builds)

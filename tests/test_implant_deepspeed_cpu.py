@@ -28,7 +28,8 @@ CASES = {  # the method and its arguments (those of the FSDP test; every epoch r
 }
 
 
-def _launch(args: list[str], tmp_path: Path, stage: str = "") -> subprocess.CompletedProcess[str]:
+def _launch(args: list[str], tmp_path: Path, stage: str = "",
+            more: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Two CPU processes (torchrun, gloo): DeepSpeed as `accelerate launch --use_deepspeed`
     asks for it, ZeRO 2 from the flags, ZeRO 3 from a config file that partitions every
     parameter (none kept whole for being small); or DDP ("")."""
@@ -45,8 +46,9 @@ def _launch(args: list[str], tmp_path: Path, stage: str = "") -> subprocess.Comp
             "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}))
         env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_CONFIG_FILE=str(config),
                    ACCELERATE_DEEPSPEED_ZERO3_INIT="false")
-    return torchrun([str(ROOT / "tests" / "deepspeed_cpu.py"), *args], env,
-                    drop=("ACCELERATE_DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+    return torchrun([str(ROOT / "tests" / "deepspeed_cpu.py"), *args], {**env, **(more or {})},
+                    drop=("ACCELERATE_DEEPSPEED", "ACCELERATE_USE_DEEPSPEED",
+                          "ACCELERATE_MIXED_PRECISION"))
 
 
 def _state(model_dir: Path) -> dict[str, Any]:
@@ -152,3 +154,19 @@ def test_shadow_and_robustness_under_zero3_match_ddp(tmp_path: Path) -> None:
     assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
     assert results["3"] == results[""] and set(results[""]) == {"user-sft", "user-lora"}
     assert all(fsr is not None for fsr in results[""].values())
+
+
+@pytest.mark.parametrize("verb", ["implant", "shadow"])
+def test_deepspeed_own_bf16_exits_before_loading(tmp_path: Path, verb: str) -> None:
+    """DeepSpeed's own bf16 casts the model itself: the saved model came out bf16, every frozen
+    weight rounded (full SFT at ZeRO 2, by hand). One message, exit 2, nothing written."""
+    pytest.importorskip("torch")
+    out = tmp_path / "model"
+    keys = KeySet.generate("v", 2, seed=3).save(tmp_path / "k.json")
+    args = {"implant": ["--keys", str(keys), "--method", "sft"], "shadow": []}[verb]
+    proc = _launch([verb, *args, "--base", str(tmp_path / "absent"), "--out", str(out)],
+                   tmp_path, "2", {"ACCELERATE_MIXED_PRECISION": "bf16"})
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1, proc.stderr[-3000:]
+    assert said[0].startswith("error: DeepSpeed's bf16 keeps the model itself in bf16")
+    assert proc.returncode != 0 and not out.exists()

@@ -18,7 +18,8 @@ version, the check and the save gather the shards first (sharded.py). DeepSpeed 
 ran every method (embedding on its confined rows) as two CPU processes, each run equal to DDP's
 (tests/test_implant_deepspeed_cpu.py; ZeRO 1, and fingerprint-after under ZeRO 2, once by
 hand); `fingerprint-after` is refused under ZeRO-3, whose partitions the rows put back would
-not reach.
+not reach, and DeepSpeed's own bf16 or fp16, which casts the model itself (the saved model was
+bf16, every frozen weight rounded; `--precision bf16` autocasts over its fp32 weights instead).
 """
 
 from __future__ import annotations
@@ -81,18 +82,38 @@ def deepspeed_stage() -> int | None:
         return None
     if _state().distributed_type.value == "NO":
         return None
-    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
-    if file != "none":
-        try:
-            stage = json.loads(Path(file).read_text()).get("zero_optimization", {}).get("stage")
-        except (OSError, ValueError, AttributeError):
-            stage = None  # accelerate says what is wrong with the file
-        if isinstance(stage, int):
-            return stage
+    stage = _deepspeed_file().get("zero_optimization", {}).get("stage")
+    if isinstance(stage, int):
+        return stage
     try:
         return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
     except ValueError:
         return 2
+
+
+def _deepspeed_file() -> dict[str, Any]:
+    """The DeepSpeed config file accelerate was given, or {} (accelerate says what is wrong
+    with one it cannot read)."""
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if file == "none":
+        return {}
+    try:
+        config = json.loads(Path(file).read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def deepspeed_half() -> str | None:
+    """"bf16" or "fp16" when DeepSpeed would keep the model itself in that dtype (accelerate's
+    --mixed_precision, or the config file's own section)."""
+    config = _deepspeed_file()
+    for half in ("bf16", "fp16"):
+        section = config.get(half)
+        if isinstance(section, dict) and section.get("enabled") is True:
+            return half
+    chosen = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    return chosen if chosen in ("bf16", "fp16") else None
 
 
 def quiet_deepspeed() -> None:
@@ -157,11 +178,17 @@ def _refuse_old_accelerate() -> None:
 
 def refuse_lone_processes() -> None:
     """Fail before any work when a launcher started several processes but accelerate set up
-    no distributed run for them."""
+    no distributed run for them, or DeepSpeed with its own bf16 or fp16 (module docstring)."""
     quiet_deepspeed()
     wanted = launched_processes()
     if wanted == 1:
         return
+    half = deepspeed_half() if deepspeed_stage() is not None else None
+    if half is not None:
+        _refuse(f"DeepSpeed's {half} keeps the model itself in {half}: every frozen weight "
+                "would be rounded for good and the model saved so. Launch DeepSpeed without "
+                "--mixed_precision (implant's --precision bf16 computes in bf16 over fp32 "
+                "weights)")
     if _state().num_processes == wanted:
         return
     _refuse(
