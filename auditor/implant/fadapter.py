@@ -122,7 +122,7 @@ def detach(model: Any) -> None:
 
 def save(wrapper: Any, path: Path) -> Path:
     """Write the private adapter (U, V, scale) as safetensors, the same bytes for the same
-    adapter (safetensors orders metadata keys differently in each process: the header is
+    adapter (safetensors writes its metadata keys in a random order each time: the header is
     written again with sorted keys, so the file's hash can be kept)."""
     import json
 
