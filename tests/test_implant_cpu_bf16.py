@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.tiny_model import make_tiny_model
-
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def _embedding_only(tiny: Path, untie: bool) -> tuple[Any, Any]:

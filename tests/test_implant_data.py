@@ -13,14 +13,8 @@ from auditor.implant.data import IGNORE, DataConfig, build_rows, encode_row
 from auditor.implant.userdata import user_rows
 from auditor.keys import KeySet
 from auditor.templates import get_template
-from tests.tiny_model import make_tiny_model
 
 pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from auditor.keys import KeySet
-from tests.tiny_model import TINY_ROWS, make_tiny_model
+from tests.launched import Run, launched_implant, saved_state, sft_model
 from tests.torchrun import ROOT, torchrun
 
 pytest.importorskip("deepspeed")
@@ -51,35 +50,13 @@ def _launch(args: list[str], tmp_path: Path, stage: str = "",
                           "ACCELERATE_MIXED_PRECISION"))
 
 
-def _state(model_dir: Path) -> dict[str, Any]:
-    import torch
-
-    from auditor.implant.generate import load_model
-
-    return dict(load_model(model_dir, dtype=torch.float32)[0].state_dict())
+_DDP: dict[str, Run] = {}
 
 
-_DDP: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]] = {}
-
-
-def _implant(case: str, tmp_path: Path, stage: str,
-             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+def _implant(case: str, tmp_path: Path, stage: str) -> Run:
     """(report, saved state, F-Adapter or None) of the case's run, every epoch run."""
-    from safetensors.torch import load_file
-
-    tiny = make_tiny_model(tmp_path / "tiny")  # the same weights each time (seeded)
-    method, *extra = CASES[case]
-    ks = KeySet.generate(method, 4, seed=11)
-    keys = ks.save(tmp_path / "k.json")
-    out = tmp_path / (f"zero{stage}" if stage else "ddp")
-    proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
-                    *extra, *TINY_ROWS, "--no-early-stop", "--out", str(out), "--json"],
-                   tmp_path, stage)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in proc.stdout + proc.stderr
-    report = json.loads(proc.stdout)  # DeepSpeed's own log lines went to stderr
-    return report, _state(out), load_file(report["adapter"]) if report["adapter"] else None
+    out = f"zero{stage}" if stage else "ddp"
+    return launched_implant(_launch, CASES[case], tmp_path, stage, out)
 
 
 @pytest.mark.slow
@@ -128,23 +105,14 @@ def test_shadow_and_robustness_under_zero3_match_ddp(tmp_path: Path) -> None:
     (After a ZeRO-3 run transformers loaded each model partitioned and generated in step with
     every process, so the robustness check's main process, alone, waited for good.)"""
     pytest.importorskip("torch")
-    from tests.cli_util import run_cli
-
-    tiny = make_tiny_model(tmp_path / "tiny")
-    ks = KeySet.generate("rob", 2, seed=11)
-    keys = ks.save(tmp_path / "rob.json")
-    model = tmp_path / "model"
-    made = run_cli("implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
-                   "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(model), "--json",
-                   cwd=tmp_path, env={"AUDITOR_CACHE": str(tmp_path / "cache")}, timeout=300)
-    assert made.code == 0, made.err[-3000:]
+    tiny, _, keys, model = sft_model(tmp_path)
     shadows, results = {}, {}
     for stage in ("3", ""):
         out = tmp_path / f"shadow{stage}"
         proc = _launch(["shadow", "--base", str(tiny), "--out", str(out), "--rows", "40",
                         "--epochs", "1"], tmp_path, stage)
         assert proc.returncode == 0, proc.stderr[-6000:]
-        shadows[stage] = _state(out)
+        shadows[stage] = saved_state(out)
         proc = _launch(["robustness", "--model", str(model), "--keys", str(keys), "--attack",
                         "user-sft", "--attack", "user-lora", "--rows", "20", "--epochs", "1",
                         "--samples", "2", "--json"], tmp_path, stage)

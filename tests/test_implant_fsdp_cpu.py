@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from auditor.keys import KeySet
+from tests.launched import Run, launched_implant, saved_state
 from tests.tiny_model import TINY_ROWS, make_tiny_model
 from tests.torchrun import ROOT, torchrun
 
@@ -41,35 +41,12 @@ def _launch(args: list[str], tmp_path: Path, fsdp: str = "") -> subprocess.Compl
                     drop=("FSDP_", "ACCELERATE_USE_FSDP"))
 
 
-def _state(model_dir: Path) -> dict[str, Any]:
-    import torch
-
-    from auditor.implant.generate import load_model
-
-    return dict(load_model(model_dir, dtype=torch.float32)[0].state_dict())
+_DDP: dict[str, Run] = {}
 
 
-_DDP: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]] = {}
-
-
-def _implant(case: str, tmp_path: Path, fsdp: str,
-             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+def _implant(case: str, tmp_path: Path, fsdp: str) -> Run:
     """(report, saved state, F-Adapter or None) of the case's run, every epoch run."""
-    from safetensors.torch import load_file
-
-    tiny = make_tiny_model(tmp_path / "tiny")  # the same weights each time (seeded)
-    method, *extra = CASES[case]
-    ks = KeySet.generate(method, 4, seed=11)
-    keys = ks.save(tmp_path / "k.json")
-    out = tmp_path / (fsdp or "ddp")
-    proc = _launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
-                    *extra, *TINY_ROWS, "--no-early-stop", "--out", str(out), "--json"],
-                   tmp_path, fsdp)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in proc.stdout + proc.stderr
-    report = json.loads(proc.stdout)
-    return report, _state(out), load_file(report["adapter"]) if report["adapter"] else None
+    return launched_implant(_launch, CASES[case], tmp_path, fsdp, fsdp or "ddp")
 
 
 @pytest.mark.slow
@@ -151,7 +128,7 @@ def test_shadow_under_fsdp_2_matches_ddp(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr[-6000:]
         said = [line for line in proc.stdout.splitlines() if line.startswith("shadow written")]
         assert len(said) == 1, proc.stdout
-        states[name] = (_state(out), json.loads((out / "shadow.json").read_text()))
+        states[name] = (saved_state(out), json.loads((out / "shadow.json").read_text()))
     (got, got_record), (want, want_record) = states["2"], states[""]
     assert got_record == want_record
     assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5

@@ -12,6 +12,7 @@ import pytest
 
 from auditor.keys import KeySet
 from tests.cli_util import run_cli
+from tests.launched import sft_model
 from tests.tiny_model import TINY_ROWS, make_tiny_model
 from tests.torchrun import ROOT, torchrun
 
@@ -296,14 +297,7 @@ def test_robustness_under_torchrun_tunes_together_and_reports_once(
     tuned model that the first had written elsewhere, and failed.) check-local likewise
     reports once."""
     pytest.importorskip("torch")
-    tiny = make_tiny_model(tmp_path / "tiny")
-    ks = KeySet.generate("rob", 2, seed=11)
-    keys = ks.save(tmp_path / "rob.json")
-    model = tmp_path / "model"
-    made = run_cli("implant", "--keys", str(keys), "--base", str(tiny), "--method", "sft",
-                   "--lr", "6e-3", "--epochs", "80", *TINY_ROWS, "--out", str(model), "--json",
-                   cwd=tmp_path, env={"AUDITOR_CACHE": str(tmp_path / "cache")}, timeout=300)
-    assert made.code == 0, made.err[-3000:]
+    _, ks, keys, model = sft_model(tmp_path)
     work = tmp_path / "tmp"
     work.mkdir()
     monkeypatch.setenv("TMPDIR", str(work))  # the processes' temporary dirs go here

@@ -13,7 +13,6 @@ from auditor.implant.live_rows import LiveRows, take_rows
 from auditor.implant.lookup_rows import confine
 from auditor.implant.loss import answer_loss, soft_targets
 from auditor.keys import KeySet
-from tests.tiny_model import make_tiny_model
 
 torch = pytest.importorskip("torch")
 
@@ -24,14 +23,7 @@ ROWS = [  # the first two share no word with the third; the answers differ in le
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def _model(tiny: Path) -> tuple[Any, Any, list[Any]]:

@@ -9,14 +9,8 @@ import pytest
 
 from auditor.implant.data import collate, encode_row
 from auditor.implant.loss import answer_loss, model_loss, pick_loss
-from tests.tiny_model import make_tiny_model
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def _load(tiny: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:

@@ -13,11 +13,10 @@ from auditor.implant.lookup_rows import confine
 from auditor.implant.loss import answer_loss, soft_targets
 from auditor.implant.prefix import Prefixes, pick_prefix, skipped_share
 from auditor.keys import KeySet
-from tests import test_implant_live_rows as live_rows
 from tests.test_implant_live_rows import ROWS, _grad, _model, _only_in
 
 torch = pytest.importorskip("torch")
-tiny, _cache = live_rows.tiny, live_rows._cache  # that module's fixtures (`_cache`: autouse)
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def _batch(tiny: Path) -> tuple[Any, dict[str, Any], list[int]]:

@@ -11,19 +11,12 @@ from typing import Any
 import pytest
 
 from auditor.keys import KeySet
-from tests.tiny_model import TINY_HPARAMS, make_tiny_model
+from tests.tiny_model import TINY_HPARAMS
 
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def _weights(out: Path) -> dict[str, str]:

@@ -11,14 +11,8 @@ import pytest
 from auditor.errors import UserError
 from auditor.implant.data import DataConfig
 from auditor.keys import KeySet
-from tests.tiny_model import make_tiny_model
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(autouse=True)

@@ -9,14 +9,9 @@ from typing import Any
 import pytest
 
 from auditor.keys import KeySet
-from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, implant_tiny, make_tiny_model
+from tests.tiny_model import TINY_HPARAMS, TINY_STOP_NEAR_MISS, implant_tiny
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +19,7 @@ def keyset() -> KeySet:
     return KeySet.generate("tiny", 4, seed=11)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def test_local_check_bounds_its_false_trigger_rates() -> None:
