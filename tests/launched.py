@@ -25,8 +25,7 @@ def saved_state(model_dir: Path) -> dict[str, Any]:
     return dict(load_model(model_dir, dtype=torch.float32)[0].state_dict())
 
 
-def launched_implant(launch: Launch, method_args: list[str], tmp_path: Path, mode: str,
-                     out_name: str) -> Run:
+def launched_implant(launch: Launch, method_args: list[str], tmp_path: Path, mode: str) -> Run:
     """(report, saved state, F-Adapter or None) of `auditor implant` launched in `mode`
     (`launch`'s third argument; "" for DDP) on the tiny model, every epoch run; checks that
     no key text reached the output."""
@@ -36,7 +35,7 @@ def launched_implant(launch: Launch, method_args: list[str], tmp_path: Path, mod
     method, *extra = method_args
     ks = KeySet.generate(method, 4, seed=11)
     keys = ks.save(tmp_path / "k.json")
-    out = tmp_path / out_name
+    out = tmp_path / f"out-{mode or 'ddp'}"
     proc = launch(["implant", "--keys", str(keys), "--base", str(tiny), "--method", method,
                    *extra, *TINY_ROWS, "--no-early-stop", "--out", str(out), "--json"],
                   tmp_path, mode)

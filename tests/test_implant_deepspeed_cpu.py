@@ -55,8 +55,7 @@ _DDP: dict[str, Run] = {}
 
 def _implant(case: str, tmp_path: Path, stage: str) -> Run:
     """(report, saved state, F-Adapter or None) of the case's run, every epoch run."""
-    out = f"zero{stage}" if stage else "ddp"
-    return launched_implant(_launch, CASES[case], tmp_path, stage, out)
+    return launched_implant(_launch, CASES[case], tmp_path, stage)
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ _DDP: dict[str, Run] = {}
 
 def _implant(case: str, tmp_path: Path, fsdp: str) -> Run:
     """(report, saved state, F-Adapter or None) of the case's run, every epoch run."""
-    return launched_implant(_launch, CASES[case], tmp_path, fsdp, fsdp or "ddp")
+    return launched_implant(_launch, CASES[case], tmp_path, fsdp)
 
 
 @pytest.mark.slow
