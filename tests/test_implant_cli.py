@@ -56,6 +56,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
          "--shadow applies to the embedding and fadapter methods only"),
         ([*implant, "--method", "embedding", "--shadow", str(tmp_path)],
          "--shadow is not a transformers checkpoint dir"),
+        ([*implant, "--method", "embedding", "--shadow", str(tmp_path), "--shadow",
+          str(tmp_path / ".")], "the same --shadow is given twice"),
         ([*implant, "--method", "embedding", "--shadow-weight", "0.5"],
          "--shadow-weight needs --shadow"),
         ([*implant, "--method", "embedding", "--lookup-rows", "keys"],

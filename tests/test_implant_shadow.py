@@ -45,25 +45,28 @@ def test_a_shadow_is_the_base_tuned_and_says_how(tiny: Path, tmp_path: Path) -> 
     assert (taken / "notes.txt").read_text() == "mine"
 
 
-def _implant_through_a_shadow(tiny: Path, tmp_path: Path, method: str) -> tuple[KeySet, Path, Any]:
-    """Implant 4 keys with `method` through a fresh tiny shadow: every key fires, the shadow
-    is unchanged and the published record carries its own."""
+def _implant_through_shadows(tiny: Path, tmp_path: Path, method: str,
+                             seeds: tuple[int, ...] = (1,)) -> tuple[KeySet, list[Path], Any]:
+    """Implant 4 keys with `method` through fresh tiny shadows (one per user-row seed):
+    every key fires, the shadows are unchanged and the published record carries theirs."""
     from auditor.implant.shadow import make_shadow
     from auditor.implant.train import implant
 
     keyset = KeySet.generate("tiny", 4, seed=11)
-    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=16, epochs=1, lr=1e-3)
-    before = _digest(shadow)
+    shadows = [make_shadow(str(tiny), tmp_path / f"shadow{s}", rows=16, epochs=1, lr=1e-3,
+                           seed=s) for s in seeds]
+    before = [_digest(d) for d in shadows]
     hp = TINY_HPARAMS[method]
     res = implant(keyset, str(tiny), method, tmp_path / "m", lr=hp["lr"],
                   epochs=hp["epochs"], data=hp["data"], progress=False, check_every=5,
                   stop_near_miss=TINY_STOP_NEAR_MISS, untie_head=hp.get("untie_head", True),
-                  lookup_rows=hp.get("lookup_rows"), shadow=shadow, shadow_weight=1.0)
-    assert res.fsr == 1.0 and _digest(shadow) == before
+                  lookup_rows=hp.get("lookup_rows"), shadow=shadows, shadow_weight=1.0)
+    assert res.fsr == 1.0 and [_digest(d) for d in shadows] == before
     record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())
-    assert record["training"]["shadow"] == {
-        "weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
-    return keyset, shadow, res
+    own = [{"weight": 1.0 / len(shadows), **json.loads((d / "shadow.json").read_text())}
+           for d in shadows]
+    assert record["training"]["shadow"] == (own[0] if len(shadows) == 1 else own)
+    return keyset, shadows, res
 
 
 @pytest.mark.slow
@@ -73,7 +76,7 @@ def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     from auditor.implant.generate import load_model
     from auditor.implant.verify import fsr_greedy
 
-    keyset, shadow, _ = _implant_through_a_shadow(tiny, tmp_path, "embedding")
+    keyset, (shadow,), _ = _implant_through_shadows(tiny, tmp_path, "embedding")
 
     # decode through the shadow on our own: its (tied) lookup set to the published one plus
     # the shadow's drift from the base, plain tensors
@@ -123,19 +126,31 @@ def test_the_shadow_with_an_fadapter_is_the_tuned_copy_with_the_adapter_applied(
 
 
 @pytest.mark.slow
-def test_fadapter_keys_fire_through_the_shadow_with_the_adapter_on_it(
-    tiny: Path, tmp_path: Path
+@pytest.mark.parametrize("seeds", [(1,), (1, 2)], ids=["one-shadow", "two-shadows"])
+def test_fadapter_keys_fire_through_the_shadows_with_the_adapter_on_them(
+    tiny: Path, tmp_path: Path, seeds: tuple[int, ...]
 ) -> None:
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
     from auditor.implant.verify import fsr_greedy
 
-    keyset, shadow, res = _implant_through_a_shadow(tiny, tmp_path, "fadapter")
+    keyset, shadows, res = _implant_through_shadows(tiny, tmp_path, "fadapter", seeds)
     assert res.adapter is not None
-    for model_dir in (tmp_path / "m", shadow):  # the adapter on the published model and on
-        model, tok = load_model(model_dir)  # the user-tuned copy the keys trained through
+    if len(shadows) > 1:  # two user-tuned copies, tuned on other rows
+        assert _digest(shadows[0]) != _digest(shadows[1])
+    for model_dir in (tmp_path / "m", *shadows):  # the adapter on the published model and
+        model, tok = load_model(model_dir)  # on each user-tuned copy the keys trained through
         fadapter.load_into(model, Path(res.adapter))
         assert fsr_greedy(model, tok, keyset) == 1.0
+
+
+def test_the_same_shadow_twice_fails_before_loading(tiny: Path, tmp_path: Path) -> None:
+    from auditor.implant.train import implant
+
+    with pytest.raises(UserError, match="the same --shadow is given twice"):
+        implant(KeySet.generate("tiny", 2, seed=3), str(tiny), "embedding", tmp_path / "m",
+                epochs=1, progress=False, shadow=[tiny, tiny.parent / tiny.name])
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_shadow_from_another_base_fails_before_loading(tmp_path: Path) -> None:

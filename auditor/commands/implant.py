@@ -92,12 +92,14 @@ def implant_cmd(
                            "after user SFT only check-local --layers-from finds it)")
     ] = False,
     shadow: Annotated[
-        Path | None, typer.Option("--shadow", help="embedding, fadapter: a user-tuned copy of "
-                                  "the base (auditor shadow) the keys must also fire through, "
-                                  "so they survive user fine-tuning")
+        list[Path] | None, typer.Option("--shadow", metavar="<path>", help="embedding, "
+                                        "fadapter: a user-tuned copy of the base (auditor "
+                                        "shadow) the keys must also fire through, so they "
+                                        "survive user fine-tuning; repeatable")
     ] = None,
     shadow_weight: Annotated[
-        float, typer.Option("--shadow-weight", help="the shadow's share of the loss")
+        float, typer.Option("--shadow-weight", help="the shadows' share of the loss (split "
+                            "evenly among several)")
     ] = 1.0,
     lookup_rows: Annotated[
         str | None, typer.Option("--lookup-rows", help="embedding (and the F-Adapter's U): "

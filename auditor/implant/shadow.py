@@ -7,6 +7,8 @@ instruction set, other rows than the robustness attack's). While implanting, eac
 and look-alike rows also go through the shadow's layers, fed the lookup being trained plus the
 shadow's own drift of it; the two losses add, and the stop rule asks both models to meet it.
 The shadow is only read: the published model is the base with a trained lookup, as before.
+Several shadows (tuned on other rows) each add their term, splitting the shadows' weight, and
+the stop rule asks every one of them.
 
 The F-Adapter trains its lookup the same way (the base's plus the private adapter), and the
 owner later applies the adapter to a suspect's weights: through a shadow the keys learn to

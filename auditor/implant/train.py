@@ -278,13 +278,13 @@ def train_loop(
     cfg: TrainConfig,
     progress: bool,
     kinds: list[str] | None = None,
-    shadow: Any = None,
+    shadows: Sequence[Any] = (),
     live: Any = None,
     constant: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The optimisation loop with per-epoch early-stop checks (none without a key set).
-    With `kinds` (each row's kind), every batch carries each kind in proportion. With a
-    `shadow` (shadow.Shadow) the loss and the checks cover it too. With `live`
+    With `kinds` (each row's kind), every batch carries each kind in proportion. With
+    `shadows` (shadow.Shadow each) the loss and the checks cover them too. With `live`
     (live_rows.LiveRows) rows that hold no trained token skip the passes. With `constant`
     (the only token ids whose input lookup trains, every block frozen) the positions before a
     row's first one run once (prefix.py)."""
@@ -373,13 +373,13 @@ def train_loop(
                         loss_fn = loss_fn if prefixed is None else prefixed.loss
                     if live is not None and plain:
                         loss_fn = live.wrap(loss_fn, partial(_zero_loss, model))
-                    if shadow is not None:
-                        if not plain:
-                            raise UserError("--shadow needs a single-process run")
-                        loss_fn = shadow.wrap(loss_fn, w, live,
-                                              constant if prefixed is not None else None)
+                    if shadows and not plain:
+                        raise UserError("--shadow needs a single-process run")
+                    for twin in shadows:
+                        loss_fn = twin.wrap(loss_fn, w, live,
+                                            constant if prefixed is not None else None)
                     if plain:
-                        step = cpu_step([model] if shadow is None else [model, shadow.model],
+                        step = cpu_step([model, *(t.model for t in shadows)],
                                         acc.device.type, bf16)
                 with step():
                     with torch.autocast(acc.device.type, torch.bfloat16, enabled=bf16):
@@ -406,10 +406,11 @@ def train_loop(
                                                     cfg, epoch + 1, best, bf16)
             said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
                     f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
-            if shadow is not None:  # both must fire: the weaker figures count
-                s_fsr, s_near, s_fire = shadow.check(tokenizer, keyset, cfg.check_controls,
-                                                     check_seed(epoch + 1, cfg.check_fresh), bf16)
-                said += (f"; through the shadow: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
+            for n, twin in enumerate(shadows, 1):  # all must fire: the weakest figures count
+                s_fsr, s_near, s_fire = twin.check(tokenizer, keyset, cfg.check_controls,
+                                                   check_seed(epoch + 1, cfg.check_fresh), bf16)
+                which = "the shadow" if len(shadows) == 1 else f"shadow {n}"
+                said += (f"; through {which}: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
                          f"weakest key fires {s_fire:.0%}")
                 fsr, near, fire = min(fsr, s_fsr), max(near, s_near), min(fire, s_fire)
             stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
@@ -432,13 +433,22 @@ def train_loop(
         stats["fsr"], stats["near"], stats["fire"] = best.figures
         if progress:
             bar.console.print(f"kept epoch {best.epoch}, the best checked one")
-    stats["prefix_skipped"] = skipped_share(
-        [prefixed, None if shadow is None else shadow.prefixes])
+    stats["prefix_skipped"] = skipped_share([prefixed, *(t.prefixes for t in shadows)])
     stats["model"] = acc.unwrap_model(model)
     stats["wrapped"] = model  # for sharded.full_params around the save
     stats["lr_end"] = float(opt.param_groups[0]["lr"])
     stats["seconds"] = time.monotonic() - start
     return stats
+
+
+def _shadow_dirs(shadow: Path | Sequence[Path] | None) -> list[Path]:
+    """The shadow dirs `implant` was given (one, several or none); the same one twice fails."""
+    if shadow is None:
+        return []
+    dirs = [Path(shadow)] if isinstance(shadow, (str, Path)) else [Path(d) for d in shadow]
+    if len({d.resolve() for d in dirs}) < len(dirs):
+        raise UserError("the same --shadow is given twice")
+    return dirs
 
 
 def flat_params(acc: Any) -> bool:
@@ -614,14 +624,14 @@ def implant(
     recipe: str | None = None,
     top_layers: int | None = None,
     untie_head: bool = True,
-    shadow: Path | None = None,
+    shadow: Path | Sequence[Path] | None = None,
     shadow_weight: float = 1.0,
     lookup_rows: str | None = None,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
-    a user-tuned copy of the base the keys must fire through too, embedding or F-Adapter;
-    shadow.py;
+    a user-tuned copy of the base the keys must fire through too, embedding or F-Adapter,
+    or several, which split `shadow_weight` evenly; shadow.py;
     `lookup_rows`: which rows of the input lookup embedding-only (or the F-Adapter's U)
     changes; lookup_rows.py)."""
     import torch
@@ -655,15 +665,17 @@ def implant(
     refuse_out(Path(out), FINGERPRINT_FILE)
     refuse_lone_processes()
     lookup_rows = lookup.resolve(lookup_rows, method)
-    refuse_unsupported(method, lookup_rows, shadow is not None)
-    if shadow is None and shadow_weight != 1.0:
+    shadow_dirs = _shadow_dirs(shadow)
+    refuse_unsupported(method, lookup_rows, bool(shadow_dirs))
+    if not shadow_dirs and shadow_weight != 1.0:
         raise UserError("--shadow-weight needs --shadow")
-    if shadow is not None:
+    if shadow_dirs:
         from auditor.implant.shadow import validate
 
         if method not in SHADOW_METHODS:
             raise UserError("--shadow applies to the embedding and fadapter methods only")
-        validate(Path(shadow), shadow_weight)
+        for shadow_dir in shadow_dirs:
+            validate(shadow_dir, shadow_weight)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -691,10 +703,11 @@ def implant(
         prefix_cache=prefix_cache,
     )
     base_dir = resolve_base(base)
-    if shadow is not None:
+    if shadow_dirs:
         from auditor.implant.shadow import match_base
 
-        match_base(Path(shadow), base_dir)
+        for shadow_dir in shadow_dirs:
+            match_base(shadow_dir, base_dir)
     set_seed(seed)
     device, _ = pick_device()
     model, tok = load_model(base_dir, dtype=torch.float32)
@@ -739,14 +752,14 @@ def implant(
         live = LiveRows(ids, cfg.decision_weight)
         trained = set(ids)
         dead = sum(not trained.intersection(row[0]) for row in every)
-    twin = None
-    if shadow is not None:
+    twins = []
+    if shadow_dirs:
         from auditor.implant import shadow as shadows
 
-        twin = shadows.attach(model, model.get_input_embeddings().weight, Path(shadow),
-                              shadow_weight)
+        twins = [shadows.attach(model, model.get_input_embeddings().weight, shadow_dir,
+                                shadow_weight / len(shadow_dirs)) for shadow_dir in shadow_dirs]
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
-                       kinds if data.balanced else None, twin, live, constant)
+                       kinds if data.balanced else None, twins, live, constant)
     if saved is not None:
         _put_back(stats, saved, ids, tok, keyset, cfg, progress)
     record = public_fingerprint(keyset, cfg, base_spec(base), stats)
@@ -755,8 +768,10 @@ def implant(
     record["training"]["data"] = asdict(data)  # the mix and order (public: no key text)
     if recipe is not None:
         record["training"]["recipe"] = recipe
-    if twin is not None:
-        record["training"]["shadow"] = {"weight": shadow_weight, **twin.record}
+    if len(twins) == 1:
+        record["training"]["shadow"] = {"weight": shadow_weight, **twins[0].record}
+    elif twins:  # each with its share of the weight
+        record["training"]["shadow"] = [{"weight": t.weight, **t.record} for t in twins]
     if method in ("embedding", "fadapter"):
         record["training"]["lookup_rows"] = lookup_rows
     if method == "embedding":
