@@ -768,10 +768,9 @@ def implant(
     record["training"]["data"] = asdict(data)  # the mix and order (public: no key text)
     if recipe is not None:
         record["training"]["recipe"] = recipe
-    if len(twins) == 1:
-        record["training"]["shadow"] = {"weight": shadow_weight, **twins[0].record}
-    elif twins:  # each with its share of the weight
-        record["training"]["shadow"] = [{"weight": t.weight, **t.record} for t in twins]
+    if twins:  # each with its share of the weight; one shadow's as a plain object
+        each = [{"weight": t.weight, **t.record} for t in twins]
+        record["training"]["shadow"] = each[0] if len(each) == 1 else each
     if method in ("embedding", "fadapter"):
         record["training"]["lookup_rows"] = lookup_rows
     if method == "embedding":
