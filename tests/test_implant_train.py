@@ -506,6 +506,33 @@ def test_max_epochs_stops_the_run_but_keeps_the_lr_schedule(
                                                               tmp_path / "short"))
 
 
+
+def test_the_reported_loss_is_the_last_epochs_mean_not_its_last_batch(
+    tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One batch's loss swings with its rows; the epoch line and `final_loss` give the mean
+    of every step the epoch ran (each loss seen on its way to backward)."""
+    from accelerate import Accelerator
+
+    from auditor.implant.train import implant
+
+    seen: list[float] = []
+    backward = Accelerator.backward
+
+    def spy(self: Any, loss: Any, **kwargs: Any) -> None:
+        seen.append(float(loss.detach()))
+        backward(self, loss, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "backward", spy)
+    hp = TINY_HPARAMS["sft"]
+    res = implant(keyset, str(tiny), "sft", tmp_path / "m", lr=hp["lr"], epochs=2,
+                  data=hp["data"], early_stop=False, progress=False)
+    per_epoch = res.steps // res.epochs
+    assert len(seen) == res.steps and per_epoch > 1
+    last = seen[-per_epoch:]
+    assert len(set(last)) > 1  # the rows differ, so mean and last batch differ
+    assert res.final_loss == pytest.approx(sum(last) / per_epoch, rel=1e-6)
+
 def _param_pairs(a: Path, b: Path) -> list[tuple[Any, Any]]:
     """Each tensor of the model saved in `a` next to the same one saved in `b`."""
     from auditor.implant.generate import load_model

@@ -59,7 +59,7 @@ class ImplantResult:
     seconds_to_perfect: float | None  # ... and no near-miss control firing
     fsr: float
     nearmiss_false_trigger: float
-    final_loss: float
+    final_loss: float  # mean over the last epoch run's steps
     stopped_early: bool
     device: str
     rows: dict[str, int] = field(default_factory=dict)
@@ -357,6 +357,7 @@ def train_loop(
         for epoch in range(run):
             if isinstance(encoded, EpochRows):
                 encoded.set_epoch(epoch)
+            summed, seen_steps = 0.0, 0  # the epoch's mean loss, not its last batch's
             for batch in loader:
                 if loss_fn is None:  # the plain model only: a wrapper (DDP, FSDP) keeps its own
                     # FSDP 2 shards the model in place: no wrapper, but no plain model either
@@ -392,10 +393,11 @@ def train_loop(
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 stats["steps"] += 1
-                stats["loss"] = float(loss.detach())
+                summed, seen_steps = summed + float(loss.detach()), seen_steps + 1
+                stats["loss"] = summed / seen_steps
                 bar.update(task, advance=1, loss=stats["loss"])
             stats["epochs"] = epoch + 1
-            if acc.num_processes > 1:  # each process's last batch: the epoch line shows their mean
+            if acc.num_processes > 1:  # each process's epoch mean: the line shows their mean
                 mine = torch.tensor(stats["loss"], device=acc.device)
                 stats["loss"] = float(acc.reduce(mine, "mean"))
             last = epoch + 1 == run
