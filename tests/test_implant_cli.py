@@ -59,7 +59,9 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         ([*implant, "--method", "embedding", "--shadow", str(tmp_path), "--shadow",
           str(tmp_path / ".")], "the same --shadow is given twice"),
         ([*implant, "--method", "embedding", "--shadow-weight", "0.5"],
-         "--shadow-weight needs --shadow"),
+         "--shadow-weight and --shadow-scale need --shadow"),
+        ([*implant, "--method", "fadapter", "--shadow-scale", "1.5"],
+         "--shadow-weight and --shadow-scale need --shadow"),
         ([*implant, "--method", "embedding", "--lookup-rows", "keys"],
          "unknown --lookup-rows 'keys' (known: all, fingerprint, fingerprint-after, unshared)"),
         ([*implant, "--lookup-rows", "fingerprint"], "--lookup-rows applies to the embedding"),
@@ -184,7 +186,8 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     """`auditor shadow` writes a tuned base and its record; `implant --shadow` checks the keys
-    through it each epoch and copies the record into fingerprint.json."""
+    through it (here its change from the base made half again as large) each epoch and copies
+    the record, with the scale, into fingerprint.json."""
     pytest.importorskip("torch")
     tiny = make_tiny_model(tmp_path / "tiny")
     ks = KeySet.generate("cli", 2, seed=4)
@@ -196,12 +199,13 @@ def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     assert record["rows"] == 8 and record["set"] == "mixed" and record["seed"] == 1
     imp = _run(["implant", "--keys", str(keys), "--base", str(tiny), "--method", "embedding",
                 "--shadow", str(tmp_path / "shadow"), "--shadow-weight", "0.5",
-                "--epochs", "2", "--out", str(tmp_path / "m")], tmp_path / "cache")
+                "--shadow-scale", "1.5", "--epochs", "2", "--out", str(tmp_path / "m")],
+               tmp_path / "cache")
     assert imp.returncode == 0, imp.stderr[-2000:]
     lines = (imp.stdout + imp.stderr).splitlines()  # one line per epoch, not wrapped at 80
     assert sum("through the shadow: FSR" in line and line.endswith(" s") for line in lines) == 2
     training = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
-    assert training["shadow"] == {"weight": 0.5, **record}
+    assert training["shadow"] == {"weight": 0.5, **record, "scale": 1.5}
     for text in [k.text for k in ks.keys] + [ks.decryption]:
         assert text not in imp.stdout + imp.stderr
 

@@ -93,13 +93,26 @@ def test_embedding_keys_fire_through_the_shadow_it_stays_unchanged(
     assert fsr_greedy(published, tok, keyset) == 1.0
 
 
+def _scaled_copy(shadow_dir: Path, base_dir: Path, scale: float) -> Any:
+    """The shadow loaded with each weight moved to base + scale x (its own - base)."""
+    from auditor.implant.generate import load_model
+
+    (own, _), (base, _) = load_model(shadow_dir), load_model(base_dir)
+    theirs = base.state_dict()
+    own.load_state_dict({n: theirs[n] + scale * (t - theirs[n])
+                         for n, t in own.state_dict().items()})
+    return own
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0], ids=["as-tuned", "scaled"])
 @pytest.mark.parametrize("head", [True, False], ids=["tied-head", "input-only"])
 def test_the_shadow_with_an_fadapter_is_the_tuned_copy_with_the_adapter_applied(
-    tiny: Path, tmp_path: Path, head: bool
+    tiny: Path, tmp_path: Path, head: bool, scale: float
 ) -> None:
     """What the shadow computes while an F-Adapter trains is what `fadapter.load_into` makes
     of a user-tuned copy later (the robustness check): the same logits, and the loss through
-    the shadow moves the adapter only."""
+    the shadow moves the adapter only. With --shadow-scale, of a copy tuned that much further
+    from the base (every weight's change, the tied lookup and head too)."""
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
     from auditor.implant.shadow import attach, make_shadow
@@ -109,11 +122,12 @@ def test_the_shadow_with_an_fadapter_is_the_tuned_copy_with_the_adapter_applied(
     wrapper = fadapter.attach(model, rank=4, seed=3, head=head)
     with torch.no_grad():  # a trained-looking adapter: U starts at zero
         wrapper.u.copy_(torch.randn(wrapper.u.shape, generator=torch.Generator().manual_seed(5)))
-    twin = attach(model, model.get_input_embeddings().weight, shadow_dir, 1.0)
+    twin = attach(model, model.get_input_embeddings().weight, shadow_dir, 1.0, scale)
+    assert twin.record.get("scale") == (None if scale == 1.0 else scale)
     fadapter.save(wrapper, tmp_path / "a.safetensors")
-    applied, _ = load_model(shadow_dir)
+    applied = _scaled_copy(shadow_dir, tiny, scale)
     fadapter.load_into(applied, tmp_path / "a.safetensors")
-    plain, _ = load_model(shadow_dir)
+    plain = _scaled_copy(shadow_dir, tiny, scale)
     ids = torch.tensor([[1, 5, 9, 17, 33, 40, 2]])
     with torch.no_grad():
         got, want = twin.model(input_ids=ids).logits, applied(input_ids=ids).logits
@@ -123,6 +137,45 @@ def test_the_shadow_with_an_fadapter_is_the_tuned_copy_with_the_adapter_applied(
     assert wrapper.u.grad is not None and float(wrapper.u.grad.abs().sum()) > 0
     assert all(p.grad is None for n, p in twin.model.named_parameters()
                if n.split(".")[-1] not in ("u", "v"))
+
+
+def test_a_scaled_shadow_moves_every_weight_further_from_the_base(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Embedding-only's case (the published head untied and frozen): at scale 2 each of the
+    shadow's layers and its lookup's drift are twice its tuning's change from the base."""
+    from auditor.implant.generate import load_model
+    from auditor.implant.shadow import attach, make_shadow
+    from auditor.implant.train import untie_output_head
+
+    shadow_dir = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
+    model, _ = load_model(tiny)
+    untie_output_head(model)
+    lookup = model.get_input_embeddings().weight
+    twin = attach(model, lookup, shadow_dir, 1.0, 2.0)
+    tuned, _ = load_model(shadow_dir)
+    name = "model.layers.0.mlp.down_proj.weight"
+    base_w, own_w = model.get_parameter(name).detach(), tuned.get_parameter(name).detach()
+    assert float((own_w - base_w).abs().max()) > 0
+    assert torch.allclose(twin.model.get_parameter(name), base_w + 2 * (own_w - base_w),
+                          atol=1e-6)
+    drift = tuned.get_input_embeddings().weight - lookup
+    shifted = twin.model.get_input_embeddings()
+    assert torch.allclose(shifted.get_buffer("drift"), 2 * drift, atol=1e-6)
+    assert torch.allclose(twin.model.get_output_embeddings().weight, lookup + 2 * drift,
+                          atol=1e-6)  # the shadow's own head, tied to its lookup, went along
+
+
+@pytest.mark.parametrize("scale", ["0", "-1", "3.5"])
+def test_a_shadow_scale_out_of_range_fails_before_loading(
+    tiny: Path, tmp_path: Path, scale: str
+) -> None:
+    from auditor.implant.train import implant
+
+    with pytest.raises(UserError, match="--shadow-scale must be above 0 and at most 3"):
+        implant(KeySet.generate("tiny", 2, seed=3), str(tiny), "fadapter", tmp_path / "m",
+                epochs=1, progress=False, shadow=tiny, shadow_scale=float(scale))
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.slow

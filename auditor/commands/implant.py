@@ -101,6 +101,11 @@ def implant_cmd(
         float, typer.Option("--shadow-weight", help="the shadows' share of the loss (split "
                             "evenly among several)")
     ] = 1.0,
+    shadow_scale: Annotated[
+        float, typer.Option("--shadow-scale", help="each shadow's change from the base, "
+                            "scaled when loaded (1.5: half again as far as its tuning went; "
+                            "a harsher attack to train through)")
+    ] = 1.0,
     lookup_rows: Annotated[
         str | None, typer.Option("--lookup-rows", help="embedding (and the F-Adapter's U): "
                           "which lookup rows change: the key rows' tokens less every token "
@@ -193,6 +198,7 @@ def implant_cmd(
         prefix_cache=prefix_cache,
         shadow=shadow,
         shadow_weight=shadow_weight,
+        shadow_scale=shadow_scale,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,

@@ -34,6 +34,7 @@ from auditor.keys import KeySet
 
 SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
 SHADOW_SEED = 1  # the robustness attack's user rows are drawn with seed 0
+MAX_SCALE = 3.0  # --shadow-scale: past this the tuned copy is hardly a user's model
 
 
 @dataclass
@@ -94,14 +95,17 @@ def _hard_rows(batch: dict[str, Any]) -> dict[str, Any] | None:
     return take_rows({k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, keep)
 
 
-def validate(shadow_dir: Path, weight: float) -> None:
-    """Fail before any loading on a shadow dir that is no checkpoint or a weight out of range."""
+def validate(shadow_dir: Path, weight: float, scale: float = 1.0) -> None:
+    """Fail before any loading on a shadow dir that is no checkpoint or a weight or scale
+    out of range."""
     from auditor.implant.generate import is_model_dir
 
     if not is_model_dir(shadow_dir):
         raise UserError(f"--shadow is not a transformers checkpoint dir: {shadow_dir}")
     if not 0.0 < weight <= 100.0:
         raise UserError("--shadow-weight must be above 0 and at most 100")
+    if not 0.0 < scale <= MAX_SCALE:
+        raise UserError(f"--shadow-scale must be above 0 and at most {MAX_SCALE:g}")
 
 
 def match_base(shadow_dir: Path, base_dir: Path) -> None:
@@ -119,12 +123,14 @@ def match_base(shadow_dir: Path, base_dir: Path) -> None:
                         "make the shadow from the same base")
 
 
-def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Shadow:
+def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float,
+           scale: float = 1.0) -> Shadow:
     """Load the shadow and feed it `model`'s input lookup plus the shadow's drift from
     `base_lookup` (the base's lookup weight, taken before training); `implant` has run
-    `validate` on the dir and weight. With an F-Adapter that lookup is the base's plus the
-    adapter, so the shadow's is its own plus the adapter, and a tied head gets the adapter
-    on the shadow's own head: the model `fadapter.load_into` makes of a user-tuned copy."""
+    `validate` on the dir, weight and scale. With an F-Adapter that lookup is the base's plus
+    the adapter, so the shadow's is its own plus the adapter, and a tied head gets the adapter
+    on the shadow's own head: the model `fadapter.load_into` makes of a user-tuned copy.
+    `scale` multiplies each of the shadow's changes from the base first (scale_drift)."""
     import torch
 
     from auditor.implant.fadapter import is_tied, make_adapter_head
@@ -136,6 +142,8 @@ def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Sha
     if own.shape != base_lookup.shape:
         raise UserError(f"the shadow's input lookup is {tuple(own.shape)}, the base's "
                         f"{tuple(base_lookup.shape)}: make the shadow from the same base")
+    if scale != 1.0:
+        scale_drift(shadow, model, base_lookup, scale)  # in place: `own` is scaled too
     drift = (own - base_lookup.detach().to(own.dtype)).clone()
     untie_output_head(shadow)  # its head stays its own when its lookup is replaced ...
     for p in shadow.parameters():
@@ -147,7 +155,34 @@ def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float) -> Sha
             make_adapter_head(shadow.get_output_embeddings(), lookup))
     elif is_tied(model) and not hasattr(lookup, "u"):  # ... unless the trained lookup is the
         shadow.set_output_embeddings(shifted_lookup(lookup, drift, head=True))  # head too
-    return Shadow(shadow, weight, read_record(shadow_dir))
+    record = read_record(shadow_dir)
+    return Shadow(shadow, weight, record if scale == 1.0 else {**record, "scale": scale})
+
+
+def scale_drift(shadow: Any, model: Any, base_lookup: Any, scale: float) -> None:
+    """Move each of the shadow's weights to base + `scale` x (its own - base), in place,
+    before its head is untied: the base's weight is `model`'s of the same name (its frozen
+    layers are the base's), `base_lookup` for the input lookup and a head tied to it."""
+    import torch
+
+    lookup = shadow.get_input_embeddings().weight
+    head = shadow.get_output_embeddings()
+    with torch.no_grad():
+        for name, p in shadow.named_parameters():  # a tied head is listed once, as the lookup
+            if p is lookup:
+                base = base_lookup
+            elif head is not None and p is head.weight:
+                base = model.get_output_embeddings().weight
+            else:
+                try:
+                    base = model.get_parameter(name)
+                except AttributeError:
+                    raise UserError(f"the shadow has a weight the base lacks ({name}): make "
+                                    "the shadow from the same base") from None
+            if base.shape != p.shape:
+                raise UserError(f"the shadow's {name} is {tuple(p.shape)}, the base's "
+                                f"{tuple(base.shape)}: make the shadow from the same base")
+            p.mul_(scale).add_(base.detach().to(p.dtype), alpha=1.0 - scale)
 
 
 def read_record(shadow_dir: Path) -> dict[str, Any]:

@@ -628,12 +628,14 @@ def implant(
     untie_head: bool = True,
     shadow: Path | Sequence[Path] | None = None,
     shadow_weight: float = 1.0,
+    shadow_scale: float = 1.0,
     lookup_rows: str | None = None,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
     a user-tuned copy of the base the keys must fire through too, embedding or F-Adapter,
-    or several, which split `shadow_weight` evenly; shadow.py;
+    or several, which split `shadow_weight` evenly, each one's change from the base scaled
+    by `shadow_scale`; shadow.py;
     `lookup_rows`: which rows of the input lookup embedding-only (or the F-Adapter's U)
     changes; lookup_rows.py)."""
     import torch
@@ -669,15 +671,15 @@ def implant(
     lookup_rows = lookup.resolve(lookup_rows, method)
     shadow_dirs = _shadow_dirs(shadow)
     refuse_unsupported(method, lookup_rows, bool(shadow_dirs))
-    if not shadow_dirs and shadow_weight != 1.0:
-        raise UserError("--shadow-weight needs --shadow")
+    if not shadow_dirs and (shadow_weight != 1.0 or shadow_scale != 1.0):
+        raise UserError("--shadow-weight and --shadow-scale need --shadow")
     if shadow_dirs:
         from auditor.implant.shadow import validate
 
         if method not in SHADOW_METHODS:
             raise UserError("--shadow applies to the embedding and fadapter methods only")
         for shadow_dir in shadow_dirs:
-            validate(shadow_dir, shadow_weight)
+            validate(shadow_dir, shadow_weight, shadow_scale)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -759,7 +761,8 @@ def implant(
         from auditor.implant import shadow as shadows
 
         twins = [shadows.attach(model, model.get_input_embeddings().weight, shadow_dir,
-                                shadow_weight / len(shadow_dirs)) for shadow_dir in shadow_dirs]
+                                shadow_weight / len(shadow_dirs), shadow_scale)
+                 for shadow_dir in shadow_dirs]
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
                        kinds if data.balanced else None, twins, live, constant)
     if saved is not None:
