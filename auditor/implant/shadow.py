@@ -8,7 +8,8 @@ and look-alike rows also go through the shadow's layers, fed the lookup being tr
 shadow's own drift of it; the two losses add, and the stop rule asks both models to meet it.
 The shadow is only read: the published model is the base with a trained lookup, as before.
 Several shadows (tuned on other rows) each add their term, splitting the shadows' weight, and
-the stop rule asks every one of them.
+the stop rule asks every one of them. `--shadow-scale` carries each shadow's tuning further
+when it is loaded (base + scale x its change): a harsher user than the one that made it.
 
 The F-Adapter trains its lookup the same way (the base's plus the private adapter), and the
 owner later applies the adapter to a suspect's weights: through a shadow the keys learn to
