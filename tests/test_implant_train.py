@@ -506,7 +506,6 @@ def test_max_epochs_stops_the_run_but_keeps_the_lr_schedule(
                                                               tmp_path / "short"))
 
 
-
 def test_the_reported_loss_is_the_last_epochs_mean_not_its_last_batch(
     tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -532,6 +531,7 @@ def test_the_reported_loss_is_the_last_epochs_mean_not_its_last_batch(
     last = seen[-per_epoch:]
     assert len(set(last)) > 1  # the rows differ, so mean and last batch differ
     assert res.final_loss == pytest.approx(sum(last) / per_epoch, rel=1e-6)
+
 
 def _param_pairs(a: Path, b: Path) -> list[tuple[Any, Any]]:
     """Each tensor of the model saved in `a` next to the same one saved in `b`."""
