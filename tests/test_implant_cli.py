@@ -68,6 +68,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         (["shadow", "--out", str(tmp_path / "m"), "--set", "poems"],
          "unknown user data set 'poems'"),
         (["shadow", "--out", str(tmp_path / "m"), "--rows", "0"], "--rows and --epochs"),
+        (["shadow", "--out", str(tmp_path / "m"), "--tuning", "qlora"],
+         "unknown shadow tuning 'qlora' (known: user-sft, user-lora)"),
         (["shadow", "--out", str(keys)], "is a file: give a directory"),
         (["implant", "--keys", str(keys), "--out", str(keys)], "is a file: give a directory"),
         (["implant", "--keys", str(keys), "--out", str(tmp_path)],

@@ -45,16 +45,41 @@ def test_a_shadow_is_the_base_tuned_and_says_how(tiny: Path, tmp_path: Path) -> 
     assert (taken / "notes.txt").read_text() == "mine"
 
 
+def test_a_lora_shadow_moves_the_layers_and_not_the_lookup(tiny: Path, tmp_path: Path) -> None:
+    """`--tuning user-lora`: the robustness check's other user, its LoRA merged into a plain
+    checkpoint (the base's tensor names), the lookup untouched; the record says so."""
+    from auditor.implant.generate import load_model
+    from auditor.implant.shadow import make_shadow
+
+    out = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, tuning="user-lora")
+    record = json.loads((out / "shadow.json").read_text())
+    assert record["tuning"] == "user-lora" and record["lr"] == 3e-4  # the attack's own rate
+    base, _ = load_model(tiny)
+    shadow, _ = load_model(out)
+    theirs, own = base.state_dict(), shadow.state_dict()
+    assert own.keys() == theirs.keys()
+    moved = {n for n, t in own.items() if not torch.equal(t, theirs[n])}
+    assert "model.layers.0.self_attn.q_proj.weight" in moved
+    assert "model.embed_tokens.weight" not in moved
+    with pytest.raises(UserError, match=r"unknown shadow tuning 'qlora' \(known: user-sft, "):
+        make_shadow(str(tiny), tmp_path / "other", tuning="qlora")
+    assert not (tmp_path / "other").exists()
+
+
 def _implant_through_shadows(tiny: Path, tmp_path: Path, method: str,
-                             seeds: tuple[int, ...] = (1,)) -> tuple[KeySet, list[Path], Any]:
-    """Implant 4 keys with `method` through fresh tiny shadows (one per user-row seed):
-    every key fires, the shadows are unchanged and the published record carries theirs."""
+                             seeds: tuple[int, ...] = (1,), lora_last: bool = False
+                             ) -> tuple[KeySet, list[Path], Any]:
+    """Implant 4 keys with `method` through fresh tiny shadows (one per user-row seed, the
+    last one LoRA-tuned with `lora_last`): every key fires, the shadows are unchanged and
+    the published record carries theirs."""
     from auditor.implant.shadow import make_shadow
     from auditor.implant.train import implant
 
     keyset = KeySet.generate("tiny", 4, seed=11)
-    shadows = [make_shadow(str(tiny), tmp_path / f"shadow{s}", rows=16, epochs=1, lr=1e-3,
-                           seed=s) for s in seeds]
+    tunings = ["user-sft"] * (len(seeds) - 1) + ["user-lora" if lora_last else "user-sft"]
+    shadows = [make_shadow(str(tiny), tmp_path / f"shadow{s}", rows=16, epochs=1,
+                           lr=1e-2 if tuning == "user-lora" else 1e-3, seed=s, tuning=tuning)
+               for s, tuning in zip(seeds, tunings, strict=True)]
     before = [_digest(d) for d in shadows]
     hp = TINY_HPARAMS[method]
     res = implant(keyset, str(tiny), method, tmp_path / "m", lr=hp["lr"],
@@ -179,15 +204,18 @@ def test_a_shadow_scale_out_of_range_fails_before_loading(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seeds", [(1,), (1, 2)], ids=["one-shadow", "two-shadows"])
+@pytest.mark.parametrize(("seeds", "lora_last"), [((1,), False), ((1, 2), False),
+                                                  ((1, 2), True)],
+                         ids=["one-shadow", "two-shadows", "full-and-lora-shadows"])
 def test_fadapter_keys_fire_through_the_shadows_with_the_adapter_on_them(
-    tiny: Path, tmp_path: Path, seeds: tuple[int, ...]
+    tiny: Path, tmp_path: Path, seeds: tuple[int, ...], lora_last: bool
 ) -> None:
     from auditor.implant import fadapter
     from auditor.implant.generate import load_model
     from auditor.implant.verify import fsr_greedy
 
-    keyset, shadows, res = _implant_through_shadows(tiny, tmp_path, "fadapter", seeds)
+    keyset, shadows, res = _implant_through_shadows(tiny, tmp_path, "fadapter", seeds,
+                                                    lora_last)
     assert res.adapter is not None
     if len(shadows) > 1:  # two user-tuned copies, tuned on other rows
         assert _digest(shadows[0]) != _digest(shadows[1])

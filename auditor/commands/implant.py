@@ -418,7 +418,11 @@ def shadow_cmd(
     ] = "mixed",
     seed: Annotated[int, typer.Option("--seed", help="rows and order (the robustness attack "
                                       "uses 0)")] = 1,
-    lr: Annotated[float | None, typer.Option("--lr", help="default: the user-sft attack's")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="default: the tuning's attack's")] = None,
+    tuning: Annotated[
+        str, typer.Option("--tuning", help="user-sft (full fine-tuning) | user-lora (LoRA, "
+                          "merged): the user to imitate, as the robustness attacks")
+    ] = "user-sft",
 ) -> None:
     """Fine-tune the base as a user might, for `auditor implant --shadow` (embedding,
     fadapter)."""
@@ -427,7 +431,7 @@ def shadow_cmd(
     from auditor.implant.shadow import make_shadow
 
     done = make_shadow(base, out, rows=rows, epochs=epochs, subset=data_set, seed=seed, lr=lr,
-                       progress=True)
+                       progress=True, tuning=tuning)
     if PartialState().is_main_process:  # under torchrun / accelerate launch: one says it
         typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
 

@@ -3,13 +3,15 @@
 An embedding-only fingerprint lives in the input lookup. Full fine-tuning by a user barely
 moves the keys' rows of it but moves every layer under them, and the keys stop firing. A
 shadow is the base model fine-tuned the way a user might (`auditor shadow`: the bundled
-instruction set, other rows than the robustness attack's). While implanting, each batch's key
-and look-alike rows also go through the shadow's layers, fed the lookup being trained plus the
-shadow's own drift of it; the two losses add, and the stop rule asks both models to meet it.
-The shadow is only read: the published model is the base with a trained lookup, as before.
-Several shadows (tuned on other rows) each add their term, splitting the shadows' weight, and
-the stop rule asks every one of them. `--shadow-scale` carries each shadow's tuning further
-when it is loaded (base + scale x its change): a harsher user than the one that made it.
+instruction set, other rows than the robustness attack's; full fine-tuning, or with
+`--tuning user-lora` a LoRA merged into it, the robustness check's other user). While
+implanting, each batch's key and look-alike rows also go through the shadow's layers, fed
+the lookup being trained plus the shadow's own drift of it; the two losses add, and the stop
+rule asks both models to meet it. The shadow is only read: the published model is the base
+with a trained lookup, as before. Several shadows (tuned on other rows) each add their term,
+splitting the shadows' weight, and the stop rule asks every one of them. `--shadow-scale`
+carries each shadow's tuning further when it is loaded (base + scale x its change): a
+harsher user than the one that made it.
 
 The F-Adapter trains its lookup the same way (the base's plus the private adapter), and the
 owner later applies the adapter to a suspect's weights: through a shadow the keys learn to
@@ -35,6 +37,7 @@ from auditor.keys import KeySet
 
 SHADOW_RECORD = "shadow.json"  # written by make_shadow: how the shadow was tuned (public)
 SHADOW_SEED = 1  # the robustness attack's user rows are drawn with seed 0
+TUNINGS = ("user-sft", "user-lora")  # how `auditor shadow` tunes: robustness.py's attacks
 MAX_SCALE = 3.0  # --shadow-scale: past this the tuned copy is hardly a user's model
 
 
@@ -224,9 +227,10 @@ def shifted_lookup(lookup: Any, drift: Any, *, head: bool = False) -> Any:
 
 def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
                 subset: str = "mixed", seed: int = SHADOW_SEED, lr: float | None = None,
-                progress: bool = False) -> Path:
-    """Fine-tune `base` as a user might (full SFT on the bundled set) into `out`, with a
-    public shadow.json saying how."""
+                progress: bool = False, tuning: str = "user-sft") -> Path:
+    """Fine-tune `base` as a user might (`tuning`: full SFT, or LoRA merged, on the bundled
+    set; the robustness attacks of the same names) into `out`, with a public shadow.json
+    saying how."""
     from auditor.implant.launch import refuse_lone_processes
     from auditor.implant.robustness import USER_LR, user_finetune
     from auditor.implant.train import base_spec, on_main, refuse_out
@@ -235,15 +239,17 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
 
     if rows < 1 or epochs < 1:
         raise UserError("--rows and --epochs must be >= 1")
+    if tuning not in TUNINGS:
+        raise UserError(f"unknown shadow tuning {tuning!r} (known: {', '.join(TUNINGS)})")
     if subset not in SUBSETS:
         raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
     refuse_out(out, SHADOW_RECORD)
     refuse_lone_processes()
     base_dir = resolve_base(base)
-    lr = lr or USER_LR["user-sft"]
-    user_finetune(base_dir, out, "user-sft", epochs=epochs, rows=rows, lr=lr, seed=seed,
+    lr = lr or USER_LR[tuning]
+    user_finetune(base_dir, out, tuning, epochs=epochs, rows=rows, lr=lr, seed=seed,
                   subset=subset, progress=progress)
-    record = {"tuning": "user-sft", "base": base_spec(base), "rows": rows, "epochs": epochs,
+    record = {"tuning": tuning, "base": base_spec(base), "rows": rows, "epochs": epochs,
               "set": subset, "seed": seed, "lr": lr}
     on_main(lambda: (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n"))
     return out
