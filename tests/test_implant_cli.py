@@ -62,6 +62,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
          "--shadow-weight and --shadow-scale need --shadow"),
         ([*implant, "--method", "fadapter", "--shadow-scale", "1.5"],
          "--shadow-weight and --shadow-scale need --shadow"),
+        ([*implant, "--method", "embedding", "--shadow", str(tmp_path), "--shadow-scale", "1",
+          "--shadow-scale", "1.5"], "one per --shadow (1), not 2"),
         ([*implant, "--method", "embedding", "--lookup-rows", "keys"],
          "unknown --lookup-rows 'keys' (known: all, fingerprint, fingerprint-after, unshared)"),
         ([*implant, "--lookup-rows", "fingerprint"], "--lookup-rows applies to the embedding"),

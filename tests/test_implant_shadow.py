@@ -234,6 +234,28 @@ def test_the_same_shadow_twice_fails_before_loading(tiny: Path, tmp_path: Path) 
     assert not (tmp_path / "m").exists()
 
 
+def test_each_shadow_takes_its_own_scale_or_all_one(tiny: Path, tmp_path: Path) -> None:
+    """`--shadow-scale` once for every shadow or once per shadow, in order: the same shadow at
+    two scales is two shadows (the record gives each its scale); another count fails first."""
+    from auditor.implant.shadow import make_shadow
+    from auditor.implant.train import implant
+
+    keyset = KeySet.generate("tiny", 2, seed=3)
+    shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
+    with pytest.raises(UserError, match=r"one per --shadow \(2\), not 3"):
+        implant(keyset, str(tiny), "embedding", tmp_path / "m", epochs=1, progress=False,
+                shadow=[shadow, tiny], shadow_scale=[1.0, 1.5, 2.0])
+    with pytest.raises(UserError, match="--shadow-scale must be above 0"):
+        implant(keyset, str(tiny), "embedding", tmp_path / "m", epochs=1, progress=False,
+                shadow=[shadow, shadow], shadow_scale=[1.0, 4.0])
+    assert not (tmp_path / "m").exists()
+    implant(keyset, str(tiny), "embedding", tmp_path / "m", epochs=1, progress=False,
+            early_stop=False, shadow=[shadow, shadow], shadow_scale=[1.0, 1.5])
+    own = json.loads((shadow / "shadow.json").read_text())
+    record = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
+    assert record["shadow"] == [{"weight": 0.5, **own}, {"weight": 0.5, **own, "scale": 1.5}]
+
+
 def test_a_shadow_from_another_base_fails_before_loading(tmp_path: Path) -> None:
     from auditor.implant.train import implant
 

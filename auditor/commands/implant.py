@@ -102,10 +102,13 @@ def implant_cmd(
                             "evenly among several)")
     ] = 1.0,
     shadow_scale: Annotated[
-        float, typer.Option("--shadow-scale", help="each shadow's change from the base, "
-                            "scaled when loaded (1.5: half again as far as its tuning went; "
-                            "a harsher attack to train through)")
-    ] = 1.0,
+        list[float] | None, typer.Option("--shadow-scale", metavar="<scale>",
+                                         help="each shadow's change from "
+                                         "the base, scaled when loaded (1.5: half again as "
+                                         "far as its tuning went; a harsher attack to train "
+                                         "through); one for all, or one per --shadow in "
+                                         "order  [default: 1]")
+    ] = None,
     lookup_rows: Annotated[
         str | None, typer.Option("--lookup-rows", help="embedding (and the F-Adapter's U): "
                           "which lookup rows change: the key rows' tokens less every token "
@@ -198,7 +201,7 @@ def implant_cmd(
         prefix_cache=prefix_cache,
         shadow=shadow,
         shadow_weight=shadow_weight,
-        shadow_scale=shadow_scale,
+        shadow_scale=shadow_scale or 1.0,
         merge_lora=not keep_lora,
         precision=precision,
         recipe=recipe,

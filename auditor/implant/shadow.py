@@ -11,7 +11,8 @@ rule asks both models to meet it. The shadow is only read: the published model i
 with a trained lookup, as before. Several shadows (tuned on other rows) each add their term,
 splitting the shadows' weight, and the stop rule asks every one of them. `--shadow-scale`
 carries each shadow's tuning further when it is loaded (base + scale x its change): a
-harsher user than the one that made it.
+harsher user than the one that made it (one scale for every shadow, or one each: the same
+shadow may come twice at two scales).
 
 The F-Adapter trains its lookup the same way (the base's plus the private adapter), and the
 owner later applies the adapter to a suspect's weights: through a shadow the keys learn to

@@ -443,14 +443,23 @@ def train_loop(
     return stats
 
 
-def _shadow_dirs(shadow: Path | Sequence[Path] | None) -> list[Path]:
-    """The shadow dirs `implant` was given (one, several or none); the same one twice fails."""
+def _shadows(shadow: Path | Sequence[Path] | None,
+             scale: float | Sequence[float]) -> list[tuple[Path, float]]:
+    """The shadow dirs `implant` was given (one, several or none), each with its scale (one
+    for all, or one each in order); the same dir twice at the same scale fails."""
+    scales = [float(scale)] if isinstance(scale, (int, float)) else [float(s) for s in scale]
     if shadow is None:
+        if any(s != 1.0 for s in scales):
+            raise UserError("--shadow-weight and --shadow-scale need --shadow")
         return []
     dirs = [Path(shadow)] if isinstance(shadow, (str, Path)) else [Path(d) for d in shadow]
-    if len({d.resolve() for d in dirs}) < len(dirs):
+    if len(scales) not in (1, len(dirs)):
+        raise UserError(f"give one --shadow-scale for every shadow or one per --shadow "
+                        f"({len(dirs)}), not {len(scales)}")
+    pairs = list(zip(dirs, scales * len(dirs) if len(scales) == 1 else scales, strict=True))
+    if len({(d.resolve(), s) for d, s in pairs}) < len(pairs):
         raise UserError("the same --shadow is given twice")
-    return dirs
+    return pairs
 
 
 def flat_params(acc: Any) -> bool:
@@ -628,14 +637,14 @@ def implant(
     untie_head: bool = True,
     shadow: Path | Sequence[Path] | None = None,
     shadow_weight: float = 1.0,
-    shadow_scale: float = 1.0,
+    shadow_scale: float | Sequence[float] = 1.0,
     lookup_rows: str | None = None,
 ) -> ImplantResult:
     """Implant `keyset` into `base` with `method`; write `out/` and `out/fingerprint.json`
     (`recipe`: the name of the option set used, recorded there; see recipes.py; `shadow`:
     a user-tuned copy of the base the keys must fire through too, embedding or F-Adapter,
     or several, which split `shadow_weight` evenly, each one's change from the base scaled
-    by `shadow_scale`; shadow.py;
+    by `shadow_scale`, one for all or one per shadow; shadow.py;
     `lookup_rows`: which rows of the input lookup embedding-only (or the F-Adapter's U)
     changes; lookup_rows.py)."""
     import torch
@@ -669,17 +678,17 @@ def implant(
     refuse_out(Path(out), FINGERPRINT_FILE)
     refuse_lone_processes()
     lookup_rows = lookup.resolve(lookup_rows, method)
-    shadow_dirs = _shadow_dirs(shadow)
-    refuse_unsupported(method, lookup_rows, bool(shadow_dirs))
-    if not shadow_dirs and (shadow_weight != 1.0 or shadow_scale != 1.0):
+    shadows = _shadows(shadow, shadow_scale)
+    refuse_unsupported(method, lookup_rows, bool(shadows))
+    if not shadows and shadow_weight != 1.0:
         raise UserError("--shadow-weight and --shadow-scale need --shadow")
-    if shadow_dirs:
+    if shadows:
         from auditor.implant.shadow import validate
 
         if method not in SHADOW_METHODS:
             raise UserError("--shadow applies to the embedding and fadapter methods only")
-        for shadow_dir in shadow_dirs:
-            validate(shadow_dir, shadow_weight, shadow_scale)
+        for shadow_dir, scale in shadows:
+            validate(shadow_dir, shadow_weight, scale)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
@@ -707,10 +716,10 @@ def implant(
         prefix_cache=prefix_cache,
     )
     base_dir = resolve_base(base)
-    if shadow_dirs:
+    if shadows:
         from auditor.implant.shadow import match_base
 
-        for shadow_dir in shadow_dirs:
+        for shadow_dir, _ in shadows:
             match_base(shadow_dir, base_dir)
     set_seed(seed)
     device, _ = pick_device()
@@ -757,12 +766,11 @@ def implant(
         trained = set(ids)
         dead = sum(not trained.intersection(row[0]) for row in every)
     twins = []
-    if shadow_dirs:
-        from auditor.implant import shadow as shadows
+    if shadows:
+        from auditor.implant.shadow import attach
 
-        twins = [shadows.attach(model, model.get_input_embeddings().weight, shadow_dir,
-                                shadow_weight / len(shadow_dirs), shadow_scale)
-                 for shadow_dir in shadow_dirs]
+        twins = [attach(model, model.get_input_embeddings().weight, shadow_dir,
+                        shadow_weight / len(shadows), scale) for shadow_dir, scale in shadows]
     stats = train_loop(model, tok, keyset, encoded, cfg, progress,
                        kinds if data.balanced else None, twins, live, constant)
     if saved is not None:
