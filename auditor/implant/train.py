@@ -443,13 +443,14 @@ def train_loop(
     return stats
 
 
-def _shadows(shadow: Path | Sequence[Path] | None,
-             scale: float | Sequence[float]) -> list[tuple[Path, float]]:
+def _shadows(shadow: Path | Sequence[Path] | None, scale: float | Sequence[float],
+             weight: float = 1.0) -> list[tuple[Path, float]]:
     """The shadow dirs `implant` was given (one, several or none), each with its scale (one
-    for all, or one each in order); the same dir twice at the same scale fails."""
+    for all, or one each in order); the same dir twice at the same scale fails, and so does
+    a weight or scale without any shadow."""
     scales = [float(scale)] if isinstance(scale, (int, float)) else [float(s) for s in scale]
     if shadow is None:
-        if any(s != 1.0 for s in scales):
+        if weight != 1.0 or any(s != 1.0 for s in scales):
             raise UserError("--shadow-weight and --shadow-scale need --shadow")
         return []
     dirs = [Path(shadow)] if isinstance(shadow, (str, Path)) else [Path(d) for d in shadow]
@@ -678,10 +679,8 @@ def implant(
     refuse_out(Path(out), FINGERPRINT_FILE)
     refuse_lone_processes()
     lookup_rows = lookup.resolve(lookup_rows, method)
-    shadows = _shadows(shadow, shadow_scale)
+    shadows = _shadows(shadow, shadow_scale, shadow_weight)
     refuse_unsupported(method, lookup_rows, bool(shadows))
-    if not shadows and shadow_weight != 1.0:
-        raise UserError("--shadow-weight and --shadow-scale need --shadow")
     if shadows:
         from auditor.implant.shadow import validate
 
