@@ -191,7 +191,8 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
 def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     """`auditor shadow` writes a tuned base and its record; `implant --shadow` checks the keys
     through it (here its change from the base made half again as large) each epoch and copies
-    the record, with the scale, into fingerprint.json."""
+    the record, with the scale, into fingerprint.json; through two, the epoch line names each
+    by its dir and scale."""
     pytest.importorskip("torch")
     tiny = make_tiny_model(tmp_path / "tiny")
     ks = KeySet.generate("cli", 2, seed=4)
@@ -210,8 +211,15 @@ def test_shadow_then_implant_through_it(tmp_path: Path) -> None:
     assert sum("through the shadow: FSR" in line and line.endswith(" s") for line in lines) == 2
     training = json.loads((tmp_path / "m" / "fingerprint.json").read_text())["training"]
     assert training["shadow"] == {"weight": 0.5, **record, "scale": 1.5}
+    twice = _run(["implant", "--keys", str(keys), "--base", str(tiny), "--method", "embedding",
+                  "--shadow", str(tmp_path / "shadow"), "--shadow", str(tmp_path / "shadow"),
+                  "--shadow-scale", "1", "--shadow-scale", "1.5", "--epochs", "1",
+                  "--out", str(tmp_path / "m2")], tmp_path / "cache")
+    assert twice.returncode == 0, twice.stderr[-2000:]
+    said = " ".join((twice.stdout + twice.stderr).split())  # each shadow by its dir and scale
+    assert "through shadow: FSR" in said and "through shadow 1.5x: FSR" in said
     for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in imp.stdout + imp.stderr
+        assert text not in imp.stdout + imp.stderr + twice.stdout + twice.stderr
 
 
 @pytest.mark.slow

@@ -48,6 +48,7 @@ class Shadow:
     weight: float
     record: dict[str, Any]
     prefixes: Prefixes | None = None  # kept prefixes of its rows, once picked (prefix.py)
+    name: str = "the shadow"  # in the epoch line: its dir's name, and its scale when not 1
 
     def wrap(self, loss_fn: Any, decision_weight: float, live: LiveRows | None = None,
              constant: Sequence[int] | None = None) -> Any:
@@ -161,7 +162,9 @@ def attach(model: Any, base_lookup: Any, shadow_dir: Path, weight: float,
     elif is_tied(model) and not hasattr(lookup, "u"):  # ... unless the trained lookup is the
         shadow.set_output_embeddings(shifted_lookup(lookup, drift, head=True))  # head too
     record = read_record(shadow_dir)
-    return Shadow(shadow, weight, record if scale == 1.0 else {**record, "scale": scale})
+    name = shadow_dir.name if scale == 1.0 else f"{shadow_dir.name} {scale:g}x"
+    return Shadow(shadow, weight, record if scale == 1.0 else {**record, "scale": scale},
+                  name=name)
 
 
 def scale_drift(shadow: Any, model: Any, base_lookup: Any, scale: float) -> None:

@@ -408,10 +408,10 @@ def train_loop(
                                                     cfg, epoch + 1, best, bf16)
             said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
                     f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
-            for n, twin in enumerate(shadows, 1):  # all must fire: the weakest figures count
+            for twin in shadows:  # all must fire: the weakest figures count
                 s_fsr, s_near, s_fire = twin.check(tokenizer, keyset, cfg.check_controls,
                                                    check_seed(epoch + 1, cfg.check_fresh), bf16)
-                which = "the shadow" if len(shadows) == 1 else f"shadow {n}"
+                which = "the shadow" if len(shadows) == 1 else twin.name
                 said += (f"; through {which}: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
                          f"weakest key fires {s_fire:.0%}")
                 fsr, near, fire = min(fsr, s_fsr), max(near, s_near), min(fire, s_fire)
