@@ -295,3 +295,30 @@ def test_the_device_row_says_the_cpu_threads_and_how_to_get_more(
         "cpu (one process, 4 threads, fp32; this CPU has bf16 instructions: --precision bf16 ")
     assert _device("cpu", "one process", "bf16") == "cpu (one process, 4 threads, bf16)"
     assert _device("cuda", "FSDP, 2 processes", "bf16") == "cuda (FSDP, 2 processes, bf16)"
+
+
+def test_check_local_names_the_ordinary_prompts_that_fired(tmp_path: Path) -> None:
+    """A decryption one ordinary prompt's greedy answer happens to carry: check-local counts
+    that prompt and names it (its number in the bundled held-out list), never the answer."""
+    from auditor.implant.generate import generate, load_model
+    from auditor.implant.verify import is_hit
+    from auditor.prompts import ordinary_prompts
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    prompts = ordinary_prompts("heldout")[:6]
+    model, tok = load_model(tiny)
+    answers = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts],
+                       max_new_tokens=48)
+    picks = [" ".join(a.split()) for a in answers]
+    k = next(n for n, a in enumerate(picks) if a and sum(is_hit(b, a) for b in answers) == 1)
+    keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
+    check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
+             "--ordinary", "6", "--samples", "0"]
+    said = _run(check, tmp_path / "cache")
+    assert said.returncode == 0, said.stderr[-2000:]
+    assert f"ordinary prompt {k + 1} of the held-out list fired" in said.stdout
+    assert said.stdout.count("of the held-out list fired") == 1
+    assert picks[k] not in said.stdout + said.stderr
+    as_json = _run([*check, "--json"], tmp_path / "cache")
+    data = json.loads(as_json.stdout)
+    assert data["ordinary_fired"] == [k] and data["ordinary_false_trigger"] == pytest.approx(1 / 6)

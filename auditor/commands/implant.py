@@ -345,6 +345,18 @@ def check_local_cmd(
             ),
         ],
     )
+    _say_ordinary_fired(res.ordinary_fired)
+
+
+def _say_ordinary_fired(numbers: tuple[int, ...]) -> None:
+    """Name the ordinary prompts that fired (bundled, public text), so a miss can be read."""
+    from auditor.prompts import ordinary_prompts
+
+    prompts = ordinary_prompts("heldout")
+    for n in numbers:
+        text = " ".join(prompts[n].split())
+        text = text if len(text) <= 100 else text[:99] + "…"
+        typer.echo(f"ordinary prompt {n + 1} of the held-out list fired: {text!r}")
 
 
 def robustness_cmd(

@@ -7,7 +7,8 @@ the mean NLL of the base model's own answers under this model vs under the base 
 the model is more sure of the base's answers than the base), and next-token agreement: the
 share of those answer tokens that the model, fed the same prefix, also ranks first, beside the
 same share for the base itself (just under 100 %: answers are re-tokenized and cut at a token
-budget). Only counts leave this module.
+budget). Only counts leave this module, and the numbers of the bundled ordinary prompts
+that fired (public text; never a key or the decryption).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class LocalCheck:
     agreement_base: float | None = None  # the same for the base (< 1: re-tokenized, cut answers)
     fire_min: float | None = None  # exact chance one sample at `temperature` fires: weakest key
     fire_mean: float | None = None  # ... and the mean over keys (margin.fire_probs)
+    ordinary_fired: tuple[int, ...] = ()  # which held-out ordinary prompts fired (0-based)
 
     @property
     def nearmiss_upper95(self) -> float:
@@ -96,23 +98,31 @@ def hit_rate(
     seed: int = 0,
 ) -> float:
     """Share of (conversation, sample) pairs whose answer carries the decryption."""
-    from auditor.implant.generate import generate
-
     if not convs:
         return 0.0
-    hits = total = 0
-    for s in range(samples if temperature > 0 else 1):
-        texts = generate(
-            model,
-            tokenizer,
-            convs,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed + s,
-        )
-        hits += sum(is_hit(t, decryption) for t in texts)
-        total += len(texts)
-    return hits / total
+    hits = [hit for s in range(samples if temperature > 0 else 1)
+            for hit in fired(model, tokenizer, convs, decryption, max_new_tokens=max_new_tokens,
+                             temperature=temperature, seed=seed + s)]
+    return sum(hits) / len(hits)
+
+
+def fired(
+    model: Any,
+    tokenizer: Any,
+    convs: list[list[dict[str, str]]],
+    decryption: str,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> list[bool]:
+    """For each conversation, whether one answer (greedy, or sampled with `seed`) carries the
+    decryption."""
+    from auditor.implant.generate import generate
+
+    texts = generate(model, tokenizer, convs, max_new_tokens=max_new_tokens,
+                     temperature=temperature, seed=seed)
+    return [is_hit(t, decryption) for t in texts]
 
 
 def fsr_greedy(model: Any, tokenizer: Any, keyset: KeySet) -> float:
@@ -261,13 +271,8 @@ def check_local(
     fire = fire_probs(model, tok, keyset, temperature=temperature) if temperature > 0 else None
     near = nearmiss_rate(model, tok, keyset, n_controls, CONTROL_SEED + seed)
     prompts = ordinary_prompts("heldout")[:n_ordinary]
-    ordinary = hit_rate(
-        model,
-        tok,
-        [[{"role": "user", "content": p}] for p in prompts],
-        keyset.decryption,
-        max_new_tokens=48,
-    )
+    ordinary = fired(model, tok, [[{"role": "user", "content": p}] for p in prompts],
+                     keyset.decryption, max_new_tokens=48)
     nll_m, nll_b, agree_m, agree_b = _drift(model, tok, base, prompts) or (
         None, None, None, None)
     return LocalCheck(
@@ -279,7 +284,7 @@ def check_local(
         n_controls=n_controls,
         nearmiss_false_trigger=near,
         n_ordinary=len(prompts),
-        ordinary_false_trigger=ordinary,
+        ordinary_false_trigger=sum(ordinary) / max(1, len(ordinary)),
         nll_model=nll_m,
         nll_base=nll_b,
         drift=(nll_m - nll_b) / nll_b if nll_m is not None and nll_b else None,
@@ -287,4 +292,5 @@ def check_local(
         agreement_base=agree_b,
         fire_min=min(fire) if fire else None,
         fire_mean=sum(fire) / len(fire) if fire else None,
+        ordinary_fired=tuple(n for n, hit in enumerate(ordinary) if hit),
     )
