@@ -13,6 +13,9 @@ own share), and FSR after each robustness attack.
     .venv/bin/auditor shadow --out models/shadow            # once: the base tuned as a user might
     .venv/bin/python bench/implant.py --methods embedding --recipe clean --style vocab \\
         --shadow models/shadow --attacks user-sft,user-lora # embedding through the shadow
+    .venv/bin/python bench/implant.py --methods fadapter --lookup-rows unshared --lr 4e-2 \\
+        --shadow models/shadow --shadow models/shadow-lora --shadow-scale 1.5 \\
+        --shadow-weight 2 --attacks user-sft,user-lora  # both user attacks (README)
 
 Targets: <= 120 s to FSR 100 %, near-miss false trigger <= 1 %, ordinary 0 %, FSR >= 95 %
 after user SFT, drift <= 2 %. Key text and the decryption are never printed.
@@ -73,7 +76,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                   precision=args.precision, max_epochs=args.max_epochs,
                   fadapter_head=args.one != "fadapter" or not args.fadapter_input_only,
                   recipe=args.recipe, shadow=shadow, shadow_weight=args.shadow_weight,
-                  **options)
+                  shadow_scale=args.shadow_scale or 1.0, **options)
     row: dict[str, Any] = {
         "method": label(args.one, shadow),
         "implant": res.to_dict(),
@@ -114,9 +117,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
-def label(method: str, shadow: Path | None) -> str:
-    """The method's name in the table: a method through a shadow is its own row."""
-    return f"{method}+shadow" if shadow is not None and method in SHADOW_METHODS else method
+def label(method: str, shadows: list[Path] | None) -> str:
+    """The method's name in the table: a method through shadows is its own row."""
+    if not shadows or method not in SHADOW_METHODS:
+        return method
+    return f"{method}+shadow" if len(shadows) == 1 else f"{method}+{len(shadows)} shadows"
 
 
 def _save_partial(path: Path | None, row: dict[str, Any]) -> None:
@@ -266,16 +271,23 @@ def main() -> None:
     p.add_argument("--lookup-rows", default=None, choices=LOOKUP_ROWS,
                    help="embedding, fadapter: which lookup rows change (embedding's "
                    "default: unshared; fadapter's: all)")
-    p.add_argument("--shadow", type=Path, default=None,
+    p.add_argument("--shadow", type=Path, action="append", default=None,
                    help="embedding, fadapter: train the keys to fire through this user-tuned "
-                   "copy of the base too (auditor shadow)")
+                   "copy of the base too (auditor shadow); repeat for several")
     p.add_argument("--shadow-weight", type=float, default=1.0,
-                   help="with --shadow: the shadow's share of the loss")
+                   help="with --shadow: the shadows' share of the loss, split evenly")
+    p.add_argument("--shadow-scale", type=float, action="append", default=None,
+                   help="with --shadow: each shadow's change from the base times this; once "
+                   "for all or once per --shadow")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.shadow is not None and not set(SHADOW_METHODS) & set(args.methods.split(",")):
         p.error("--shadow applies to --methods embedding or fadapter only")
+    if args.shadow_scale and not args.shadow:
+        p.error("--shadow-scale needs --shadow")
+    if args.shadow_scale and len(args.shadow_scale) not in (1, len(args.shadow)):
+        p.error("give one --shadow-scale for all shadows or one per --shadow")
     if args.one:
         print(json.dumps(run_one(args)))
         return
@@ -293,10 +305,11 @@ def main() -> None:
                 "--work",
                 work,
                 *[
-                    f"--{k.replace('_', '-')}={v}"
+                    f"--{k.replace('_', '-')}={one}"
                     for k, v in vars(args).items()
                     if k not in (*FLAGS, *CHOICES, "one", "work", "methods")
                     and v is not None
+                    for one in (v if isinstance(v, list) else [v])  # repeated: --shadow
                 ],
                 *[f"--{k.replace('_', '-')}" for k in FLAGS if getattr(args, k)],
                 *[f"--{'' if getattr(args, k) else 'no-'}{k.replace('_', '-')}"

@@ -53,13 +53,19 @@ def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     proc = _bench("--methods", "sft,lora", "--shadow", "models/shadow")
     assert proc.returncode == 2
     assert "--shadow applies to --methods embedding or fadapter only" in proc.stderr
+    alone = _bench("--methods", "fadapter", "--shadow-scale", "1.5")
+    assert alone.returncode == 2 and "--shadow-scale needs --shadow" in alone.stderr
+    three = _bench("--methods", "fadapter", "--shadow", "a", "--shadow", "b",
+                   *["--shadow-scale", "1.5"] * 3)
+    assert three.returncode == 2 and "one per --shadow" in three.stderr
 
 
 @pytest.mark.slow
 def test_embedding_through_a_shadow_is_its_own_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The whole bench on the tiny model: embedding through a shadow, checked and attacked."""
+    """The whole bench on the tiny model: embedding through a shadow twice (as tuned and
+    1.5x: repeated flags reach the child), checked and attacked."""
     from auditor.implant.shadow import make_shadow
     from tests.tiny_model import make_tiny_model
 
@@ -68,14 +74,16 @@ def test_embedding_through_a_shadow_is_its_own_row(
     shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
     out = tmp_path / "bench.json"
     proc = _bench("--base", str(tiny), "--methods", "embedding", "--attacks", "temperature",
-                  "--shadow", str(shadow), "--keys", "2", "--epochs", "2", "--controls", "4",
+                  "--shadow", str(shadow), "--shadow", str(shadow), "--shadow-scale", "1",
+                  "--shadow-scale", "1.5", "--keys", "2", "--epochs", "2", "--controls", "4",
                   "--ordinary", "4", "--samples", "1", "--lookup-rows", "fingerprint",
                   "--json-out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "embedding+shadow" in proc.stdout  # the table's row
+    assert "embedding+2 shadows" in proc.stdout  # the table's row
     [row] = json.loads(out.read_text())
-    assert row["method"] == "embedding+shadow" and "partial" not in row
-    assert row["shadow"] == {"weight": 1.0, **json.loads((shadow / "shadow.json").read_text())}
+    assert row["method"] == "embedding+2 shadows" and "partial" not in row
+    record = json.loads((shadow / "shadow.json").read_text())  # each its half and its scale
+    assert row["shadow"] == [{"weight": 0.5, **record}, {"weight": 0.5, **record, "scale": 1.5}]
     assert row["implant"]["epochs"] == 2 and row["implant"]["steps"] > 0
     assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= row["check"]["nearmiss_upper95"]
     attack = row["attacks"]["temperature"]
