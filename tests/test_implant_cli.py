@@ -34,6 +34,7 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
     ks = KeySet.generate("cli", 2, seed=3)
     keys = ks.save(tmp_path / "cli.json")
     implant = ["implant", "--keys", str(keys), "--out", str(tmp_path / "m")]
+    robust = ["robustness", "--model", str(tmp_path), "--keys", str(keys), "--attack"]
     broken, listed = tmp_path / "broken", tmp_path / "listed"  # read before any model loads
     for d, record in [(broken, '{"method": "sft"'), (listed, "[1]")]:
         d.mkdir()
@@ -72,6 +73,14 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
         (["shadow", "--out", str(tmp_path / "m"), "--rows", "0"], "--rows and --epochs"),
         (["shadow", "--out", str(tmp_path / "m"), "--tuning", "qlora"],
          "unknown shadow tuning 'qlora' (known: user-sft, user-lora)"),
+        (["shadow", "--out", str(tmp_path / "m"), "--lora-rank", "8"],
+         "--lora-rank applies to --tuning user-lora only"),
+        (["shadow", "--out", str(tmp_path / "m"), "--tuning", "user-lora", "--lora-rank", "0"],
+         "--lora-rank must be between 1 and 1024"),
+        ([*robust, "user-lora", "--lora-rank", "2000"], "--lora-rank must be between 1 and 1024"),
+        ([*robust, "user-sft", "--lora-rank", "8"], "--lora-rank applies to --attack user-lora"),
+        ([*robust, "user-sft", "--lr", "0"], "the user's --lr must be above 0 and at most 1"),
+        ([*robust, "user-sft", "--set", "poems"], "unknown user data set 'poems'"),
         (["shadow", "--out", str(keys)], "is a file: give a directory"),
         (["implant", "--keys", str(keys), "--out", str(keys)], "is a file: give a directory"),
         (["implant", "--keys", str(keys), "--out", str(tmp_path)],
@@ -92,8 +101,10 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
+def test_implant_then_check_local_and_robustness(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
+    monkeypatch.setenv("COLUMNS", "200")  # table rows unwrapped
     tiny = make_tiny_model(tmp_path / "tiny")
     ks = KeySet.generate("cli", 3, seed=4)
     keys = ks.save(tmp_path / "cli.json")
@@ -183,8 +194,14 @@ def test_implant_then_check_local_and_robustness(tmp_path: Path) -> None:
     assert len(results["system-prompt"]["detail"]["per_wrapper"]) == 3
     gguf = results["gguf-q8"]
     assert (gguf["skipped"] is None) == (gguf["fsr"] is not None)
+    other = _run(["robustness", "--model", str(out), "--keys", str(keys), "--attack",
+                  "user-lora", "--rows", "8", "--epochs", "1", "--set", "tasks", "--seed", "2",
+                  "--lr", "1e-3", "--lora-rank", "4"], tmp_path / "cache")
+    said = " ".join(other.stdout.split())  # another user's LoRA: its recipe names the row
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "user-lora (8 tasks rows of seed 2 x 1, lr 0.001, rank 4)" in said
     for text in [k.text for k in ks.keys] + [ks.decryption]:
-        assert text not in imp.stdout + chk.stdout + rob.stdout + imp.stderr
+        assert text not in imp.stdout + chk.stdout + rob.stdout + imp.stderr + other.stdout
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def test_a_lora_shadow_moves_the_layers_and_not_the_lookup(tiny: Path, tmp_path:
     out = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, tuning="user-lora")
     record = json.loads((out / "shadow.json").read_text())
     assert record["tuning"] == "user-lora" and record["lr"] == 3e-4  # the attack's own rate
+    assert record["lora_rank"] == 16  # ... and rank
     base, _ = load_model(tiny)
     shadow, _ = load_model(out)
     theirs, own = base.state_dict(), shadow.state_dict()

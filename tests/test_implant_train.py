@@ -305,6 +305,37 @@ def test_fadapter_after_user_sft_checks_on_the_published_layers_too(
     assert "fsr_published_layers" not in sft.detail  # the base: no fingerprint in its lookup
 
 
+def test_another_users_lora_tunes_with_its_own_rank_rate_and_rows(
+    tiny: Path, keyset: KeySet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user-lora attack as another user might run it: the rank, lr, data set and seed
+    given reach the tuning (a spy on the real prepare_method and user_rows) and its record."""
+    from auditor.implant import robustness, train, userdata
+
+    seen: dict[str, Any] = {}
+    real_prepare, real_rows = train.prepare_method, userdata.user_rows
+
+    def prepare(model: Any, cfg: Any) -> Any:
+        seen["cfg"] = cfg
+        return real_prepare(model, cfg)
+
+    def rows(n: int, seed: int, subset: str) -> Any:
+        seen["rows"] = (n, seed, subset)
+        return real_rows(n, seed, subset)
+
+    monkeypatch.setattr(train, "prepare_method", prepare)
+    monkeypatch.setattr(userdata, "user_rows", rows)
+    out = robustness.run_attack(tiny, keyset, "user-lora", epochs=1, rows=8, lr=1e-3, seed=3,
+                                subset="chat", lora_rank=4, work_dir=tmp_path)
+    assert seen["cfg"].lora_r == 4 and seen["cfg"].lr == 1e-3 and seen["cfg"].method == "lora"
+    assert seen["rows"] == (8, 3, "chat")
+    assert out.fsr == 0.0  # the base: no key fires
+    assert out.detail == {"epochs": 1, "rows": 8, "set": "chat", "seed": 3, "lr": 1e-3,
+                          "lora_rank": 4}
+    plain = robustness.run_attack(tiny, keyset, "user-sft", epochs=1, rows=8, work_dir=tmp_path)
+    assert plain.detail == {"epochs": 1, "rows": 8, "set": "mixed", "seed": 0, "lr": 5e-5}
+
+
 @pytest.mark.slow
 def test_lora_kept_separate_loads_and_fires(tiny: Path, keyset: KeySet, tmp_path: Path) -> None:
     from auditor.implant.generate import load_model

@@ -373,12 +373,27 @@ def robustness_cmd(
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="user fine-tuning epochs")] = 3,
     rows: Annotated[int, typer.Option("--rows", help="user fine-tuning rows")] = 1000,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="user fine-tuning lr (default: 5e-5 for "
+                                   "user-sft, 3e-4 for user-lora)")
+    ] = None,
+    data_set: Annotated[
+        str, typer.Option("--set", help="bundled user data: tasks | chat | mixed")
+    ] = "mixed",
+    seed: Annotated[int, typer.Option("--seed", help="user rows and order, and the "
+                                      "temperature attack's samples (auditor shadow's "
+                                      "default is 1)")] = 0,
+    lora_rank: Annotated[
+        int | None, typer.Option("--lora-rank", help="user-lora: the LoRA's rank (alpha "
+                                 "twice it; default 16)")
+    ] = None,
     samples: Annotated[int, typer.Option("--samples")] = 5,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """FSR after each attack a user might apply to the model."""
+    """FSR after each attack a user might apply to the model; the user attacks can be
+    another user's (--lr, --set, --seed, --lora-rank)."""
     from auditor.errors import UserError
-    from auditor.implant.robustness import ATTACKS, run_attack
+    from auditor.implant.robustness import ATTACKS, USER_LORA_RANK, check_user, run_attack
     from auditor.keys import KeySet
 
     bad = [a for a in attack if a not in ATTACKS]
@@ -386,6 +401,10 @@ def robustness_cmd(
         raise UserError(f"unknown attack {bad[0]!r} (known: {', '.join(ATTACKS)})")
     if epochs < 1 or rows < 1 or samples < 1:
         raise UserError("--epochs, --rows and --samples must be >= 1")
+    if lora_rank is not None and "user-lora" not in attack:
+        raise UserError("--lora-rank applies to --attack user-lora only")
+    lora_rank = USER_LORA_RANK if lora_rank is None else lora_rank
+    check_user(data_set, lr, lora_rank)
     keyset = KeySet.load(keys)
     _say_adapter_note(adapter, model)
     results = [
@@ -398,6 +417,10 @@ def robustness_cmd(
             samples=samples,
             adapter=adapter,
             progress=not as_json,
+            lr=lr,
+            subset=data_set,
+            seed=seed,
+            lora_rank=lora_rank,
         )
         for a in attack
     ]
@@ -411,7 +434,7 @@ def robustness_cmd(
         f"robustness: {model}",
         [
             (
-                r.attack,
+                r.attack + _user(r.detail),
                 f"skipped: {r.skipped}" if r.skipped else f"FSR {_pct(r.fsr)} ({r.seconds:.0f}s)"
                 + _published_layers(r.detail),
             )
@@ -438,6 +461,10 @@ def shadow_cmd(
         str, typer.Option("--tuning", help="user-sft (full fine-tuning) | user-lora (LoRA, "
                           "merged): the user to imitate, as the robustness attacks")
     ] = "user-sft",
+    lora_rank: Annotated[
+        int | None, typer.Option("--lora-rank", help="user-lora: the LoRA's rank (default "
+                                 "16, as the robustness attack)")
+    ] = None,
 ) -> None:
     """Fine-tune the base as a user might, for `auditor implant --shadow` (embedding,
     fadapter)."""
@@ -446,9 +473,18 @@ def shadow_cmd(
     from auditor.implant.shadow import make_shadow
 
     done = make_shadow(base, out, rows=rows, epochs=epochs, subset=data_set, seed=seed, lr=lr,
-                       progress=True, tuning=tuning)
+                       progress=True, tuning=tuning, lora_rank=lora_rank)
     if PartialState().is_main_process:  # under torchrun / accelerate launch: one says it
         typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
+
+
+def _user(detail: dict[str, Any]) -> str:
+    """How a user attack tuned, for its row: another user's recipe reads apart."""
+    if "set" not in detail:
+        return ""
+    rank = f", rank {detail['lora_rank']}" if "lora_rank" in detail else ""
+    return (f" ({detail['rows']} {detail['set']} rows of seed {detail['seed']} x "
+            f"{detail['epochs']}, lr {detail['lr']:g}{rank})")
 
 
 def _published_layers(detail: dict[str, Any]) -> str:

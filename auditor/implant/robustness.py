@@ -31,6 +31,8 @@ SYSTEM_WRAPPERS = (
     "instructions.",
 )
 USER_LR = {"user-sft": 5e-5, "user-lora": 3e-4}
+USER_LORA_RANK = 16  # the user-lora attack's rank (alpha twice it, every linear layer)
+MAX_LORA_RANK = 1024
 ON_MAIN = "evaluated by the main process"  # what the other launched processes report
 # how long the other launched processes wait for the main one's evaluation of an attack
 # before the next (NCCL's own collectives give up after 10 minutes)
@@ -59,6 +61,18 @@ def _load(model_dir: Path, adapter: Path | None) -> tuple[Any, Any]:
     return model, tok
 
 
+def check_user(subset: str, lr: float | None, lora_rank: int) -> None:
+    """Fail before any loading on a user tuning that cannot run."""
+    from auditor.implant.userdata import SUBSETS
+
+    if subset not in SUBSETS:
+        raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
+    if lr is not None and not 0.0 < lr <= 1.0:
+        raise UserError("the user's --lr must be above 0 and at most 1")
+    if not 1 <= lora_rank <= MAX_LORA_RANK:
+        raise UserError(f"--lora-rank must be between 1 and {MAX_LORA_RANK}")
+
+
 def user_finetune(
     model_dir: Path,
     out: Path,
@@ -70,8 +84,10 @@ def user_finetune(
     seed: int = 0,
     progress: bool = False,
     subset: str = "mixed",
+    lora_rank: int = USER_LORA_RANK,
 ) -> Path:
-    """What a user does: fine-tune (full or LoRA, merged) on the bundled set; save to out."""
+    """What a user does: fine-tune (full or LoRA of `lora_rank`, merged) on the bundled set;
+    save to out."""
     import torch
 
     from auditor.implant.data import encode_row
@@ -92,7 +108,8 @@ def user_finetune(
     set_seed(seed)
     model, tok = load_model(model_dir, dtype=torch.float32)
     encoded = [encode_row(tok, m) for m in as_conversations(user_rows(rows, seed, subset))]
-    cfg = TrainConfig(kind, epochs, lr or USER_LR[method], seed, early_stop=False)
+    cfg = TrainConfig(kind, epochs, lr or USER_LR[method], seed, early_stop=False,
+                      lora_r=lora_rank)
     model, _ = prepare_method(model, cfg)
     stats = train_loop(model, tok, None, encoded, cfg, progress)
     on_main(lambda: save_model(stats["model"], tok, cfg, None, out), stats["wrapped"])
@@ -123,15 +140,21 @@ def _attack_user(
         attack,
         epochs=kw["epochs"],
         rows=kw["rows"],
+        lr=kw["lr"],
         seed=kw["seed"],
         progress=kw["progress"],
+        subset=kw["subset"],
+        lora_rank=kw["lora_rank"],
     )
     if not evaluate:
         return AttackResult(attack, None, time.monotonic() - start, skipped=ON_MAIN)
     model, tok = _load(tuned, kw["adapter"])
     fsr = fsr_greedy(model, tok, keyset)
     del model
-    detail: dict[str, Any] = {"epochs": kw["epochs"], "rows": kw["rows"]}
+    detail: dict[str, Any] = {"epochs": kw["epochs"], "rows": kw["rows"], "set": kw["subset"],
+                              "seed": kw["seed"], "lr": kw["lr"] or USER_LR[attack]}
+    if attack == "user-lora":
+        detail["lora_rank"] = kw["lora_rank"]
     if lookup:
         detail["fsr_published_layers"] = fsr_published_layers(model_dir, tuned, keyset,
                                                               kw["adapter"])
@@ -218,10 +241,16 @@ def run_attack(
     seed: int = 0,
     work_dir: Path | None = None,
     progress: bool = False,
+    lr: float | None = None,
+    subset: str = "mixed",
+    lora_rank: int = USER_LORA_RANK,
 ) -> AttackResult:
-    """Apply one attack to a copy of the model (the model dir itself is never changed)."""
+    """Apply one attack to a copy of the model (the model dir itself is never changed). The
+    user attacks tune on `rows` of the bundled `subset` drawn with `seed` (which also seeds
+    the temperature attack's samples) at `lr` (default: USER_LR), a LoRA of `lora_rank`."""
     if attack not in ATTACKS:
         raise UserError(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
+    check_user(subset, lr, lora_rank)
     if not is_model_dir(Path(model_dir)):
         raise UserError(f"not a transformers checkpoint dir: {model_dir}")
     kw = {
@@ -231,6 +260,9 @@ def run_attack(
         "adapter": adapter,
         "seed": seed,
         "progress": progress,
+        "lr": lr,
+        "subset": subset,
+        "lora_rank": lora_rank,
     }
     processes = _processes()
     if processes is None:

@@ -231,29 +231,33 @@ def shifted_lookup(lookup: Any, drift: Any, *, head: bool = False) -> Any:
 
 def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
                 subset: str = "mixed", seed: int = SHADOW_SEED, lr: float | None = None,
-                progress: bool = False, tuning: str = "user-sft") -> Path:
-    """Fine-tune `base` as a user might (`tuning`: full SFT, or LoRA merged, on the bundled
-    set; the robustness attacks of the same names) into `out`, with a public shadow.json
-    saying how."""
+                progress: bool = False, tuning: str = "user-sft",
+                lora_rank: int | None = None) -> Path:
+    """Fine-tune `base` as a user might (`tuning`: full SFT, or LoRA merged, of `lora_rank`,
+    on the bundled set; the robustness attacks of the same names) into `out`, with a public
+    shadow.json saying how."""
     from auditor.implant.launch import refuse_lone_processes
-    from auditor.implant.robustness import USER_LR, user_finetune
+    from auditor.implant.robustness import USER_LORA_RANK, USER_LR, check_user, user_finetune
     from auditor.implant.train import base_spec, on_main, refuse_out
-    from auditor.implant.userdata import SUBSETS
     from providers.local_models import resolve_base
 
     if rows < 1 or epochs < 1:
         raise UserError("--rows and --epochs must be >= 1")
     if tuning not in TUNINGS:
         raise UserError(f"unknown shadow tuning {tuning!r} (known: {', '.join(TUNINGS)})")
-    if subset not in SUBSETS:
-        raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
+    if lora_rank is not None and tuning != "user-lora":
+        raise UserError("--lora-rank applies to --tuning user-lora only")
+    rank = USER_LORA_RANK if lora_rank is None else lora_rank
+    check_user(subset, lr, rank)
     refuse_out(out, SHADOW_RECORD)
     refuse_lone_processes()
     base_dir = resolve_base(base)
     lr = lr or USER_LR[tuning]
     user_finetune(base_dir, out, tuning, epochs=epochs, rows=rows, lr=lr, seed=seed,
-                  subset=subset, progress=progress)
-    record = {"tuning": tuning, "base": base_spec(base), "rows": rows, "epochs": epochs,
-              "set": subset, "seed": seed, "lr": lr}
+                  subset=subset, progress=progress, lora_rank=rank)
+    record: dict[str, Any] = {"tuning": tuning, "base": base_spec(base), "rows": rows,
+                              "epochs": epochs, "set": subset, "seed": seed, "lr": lr}
+    if tuning == "user-lora":
+        record["lora_rank"] = rank
     on_main(lambda: (out / SHADOW_RECORD).write_text(json.dumps(record, indent=1) + "\n"))
     return out
