@@ -106,16 +106,8 @@ def hit_rate(
     return sum(hits) / len(hits)
 
 
-def fired(
-    model: Any,
-    tokenizer: Any,
-    convs: list[list[dict[str, str]]],
-    decryption: str,
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    seed: int = 0,
-) -> list[bool]:
+def fired(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]], decryption: str, *,
+          max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> list[bool]:
     """For each conversation, whether one answer (greedy, or sampled with `seed`) carries the
     decryption."""
     from auditor.implant.generate import generate
