@@ -36,9 +36,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from auditor.errors import UserError  # noqa: E402
 from auditor.implant.lookup_rows import LOOKUP_ROWS  # noqa: E402
 from auditor.implant.recipes import RECIPES  # noqa: E402
-from auditor.implant.train import PRECISIONS, SHADOW_METHODS  # noqa: E402
+from auditor.implant.train import PRECISIONS, SHADOW_METHODS, shadow_pairs  # noqa: E402
 from auditor.keys import STYLES  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
 
@@ -284,10 +285,10 @@ def main() -> None:
     args = p.parse_args()
     if args.shadow is not None and not set(SHADOW_METHODS) & set(args.methods.split(",")):
         p.error("--shadow applies to --methods embedding or fadapter only")
-    if args.shadow_scale and not args.shadow:
-        p.error("--shadow-scale needs --shadow")
-    if args.shadow_scale and len(args.shadow_scale) not in (1, len(args.shadow)):
-        p.error("give one --shadow-scale for all shadows or one per --shadow")
+    try:  # the checks `implant` makes, before any child starts
+        shadow_pairs(args.shadow, args.shadow_scale or 1.0, args.shadow_weight)
+    except UserError as e:
+        p.error(str(e))
     if args.one:
         print(json.dumps(run_one(args)))
         return

@@ -53,11 +53,15 @@ def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     proc = _bench("--methods", "sft,lora", "--shadow", "models/shadow")
     assert proc.returncode == 2
     assert "--shadow applies to --methods embedding or fadapter only" in proc.stderr
-    alone = _bench("--methods", "fadapter", "--shadow-scale", "1.5")
-    assert alone.returncode == 2 and "--shadow-scale needs --shadow" in alone.stderr
+    for alone in (["--shadow-scale", "1.5"], ["--shadow-weight", "2"]):
+        proc = _bench("--methods", "fadapter", *alone)
+        assert proc.returncode == 2
+        assert "--shadow-weight and --shadow-scale need --shadow" in proc.stderr
     three = _bench("--methods", "fadapter", "--shadow", "a", "--shadow", "b",
                    *["--shadow-scale", "1.5"] * 3)
     assert three.returncode == 2 and "one per --shadow" in three.stderr
+    twice = _bench("--methods", "fadapter", "--shadow", "a", "--shadow", "./a")
+    assert twice.returncode == 2 and "the same --shadow is given twice" in twice.stderr
 
 
 @pytest.mark.slow

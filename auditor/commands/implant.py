@@ -378,8 +378,9 @@ def robustness_cmd(
                                    "user-sft, 3e-4 for user-lora)")
     ] = None,
     data_set: Annotated[
-        str, typer.Option("--set", help="bundled user data: tasks | chat | mixed")
-    ] = "mixed",
+        str | None, typer.Option("--set", help="bundled user data: tasks | chat | mixed "
+                                 "(default: mixed)")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="user rows and order, and the "
                                       "temperature attack's samples (auditor shadow's "
                                       "default is 1)")] = 0,
@@ -393,7 +394,7 @@ def robustness_cmd(
     """FSR after each attack a user might apply to the model; the user attacks can be
     another user's (--lr, --set, --seed, --lora-rank)."""
     from auditor.errors import UserError
-    from auditor.implant.robustness import ATTACKS, USER_LORA_RANK, check_user, run_attack
+    from auditor.implant.robustness import ATTACKS, run_attack, user_options
     from auditor.keys import KeySet
 
     bad = [a for a in attack if a not in ATTACKS]
@@ -401,10 +402,7 @@ def robustness_cmd(
         raise UserError(f"unknown attack {bad[0]!r} (known: {', '.join(ATTACKS)})")
     if epochs < 1 or rows < 1 or samples < 1:
         raise UserError("--epochs, --rows and --samples must be >= 1")
-    if lora_rank is not None and "user-lora" not in attack:
-        raise UserError("--lora-rank applies to --attack user-lora only")
-    lora_rank = USER_LORA_RANK if lora_rank is None else lora_rank
-    check_user(data_set, lr, lora_rank)
+    subset, rank = user_options(attack, data_set, lr, lora_rank)
     keyset = KeySet.load(keys)
     _say_adapter_note(adapter, model)
     results = [
@@ -418,9 +416,9 @@ def robustness_cmd(
             adapter=adapter,
             progress=not as_json,
             lr=lr,
-            subset=data_set,
+            subset=subset,
             seed=seed,
-            lora_rank=lora_rank,
+            lora_rank=rank,
         )
         for a in attack
     ]

@@ -14,7 +14,7 @@ import functools
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,21 @@ def check_user(subset: str, lr: float | None, lora_rank: int) -> None:
         raise UserError("the user's --lr must be above 0 and at most 1")
     if not 1 <= lora_rank <= MAX_LORA_RANK:
         raise UserError(f"--lora-rank must be between 1 and {MAX_LORA_RANK}")
+
+
+def user_options(tunings: Collection[str], subset: str | None, lr: float | None,
+                 lora_rank: int | None) -> tuple[str, int]:
+    """Check a command's user options against the tunings it runs, before any loading (an
+    option nothing would use fails too); return the data set and LoRA rank to use."""
+    users = set(USER_LR) & set(tunings)
+    if not users and (subset is not None or lr is not None):
+        raise UserError("--lr and --set apply to the user attacks (user-sft, user-lora) only")
+    if lora_rank is not None and "user-lora" not in users:
+        raise UserError("--lora-rank applies to user-lora only")
+    subset = "mixed" if subset is None else subset
+    rank = USER_LORA_RANK if lora_rank is None else lora_rank
+    check_user(subset, lr, rank)
+    return subset, rank
 
 
 def user_finetune(
@@ -134,13 +149,14 @@ def _attack_user(
 
     start = time.monotonic()
     lookup = in_lookup(model_dir, kw["adapter"])  # a broken record fails before the tuning
+    lr = kw["lr"] or USER_LR[attack]
     tuned = user_finetune(
         model_dir,
         work / attack,
         attack,
         epochs=kw["epochs"],
         rows=kw["rows"],
-        lr=kw["lr"],
+        lr=lr,
         seed=kw["seed"],
         progress=kw["progress"],
         subset=kw["subset"],
@@ -152,7 +168,7 @@ def _attack_user(
     fsr = fsr_greedy(model, tok, keyset)
     del model
     detail: dict[str, Any] = {"epochs": kw["epochs"], "rows": kw["rows"], "set": kw["subset"],
-                              "seed": kw["seed"], "lr": kw["lr"] or USER_LR[attack]}
+                              "seed": kw["seed"], "lr": lr}
     if attack == "user-lora":
         detail["lora_rank"] = kw["lora_rank"]
     if lookup:

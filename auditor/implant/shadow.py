@@ -237,7 +237,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
     on the bundled set; the robustness attacks of the same names) into `out`, with a public
     shadow.json saying how."""
     from auditor.implant.launch import refuse_lone_processes
-    from auditor.implant.robustness import USER_LORA_RANK, USER_LR, check_user, user_finetune
+    from auditor.implant.robustness import USER_LR, user_finetune, user_options
     from auditor.implant.train import base_spec, on_main, refuse_out
     from providers.local_models import resolve_base
 
@@ -245,10 +245,7 @@ def make_shadow(base: str, out: Path, *, rows: int = 1000, epochs: int = 3,
         raise UserError("--rows and --epochs must be >= 1")
     if tuning not in TUNINGS:
         raise UserError(f"unknown shadow tuning {tuning!r} (known: {', '.join(TUNINGS)})")
-    if lora_rank is not None and tuning != "user-lora":
-        raise UserError("--lora-rank applies to --tuning user-lora only")
-    rank = USER_LORA_RANK if lora_rank is None else lora_rank
-    check_user(subset, lr, rank)
+    subset, rank = user_options([tuning], subset, lr, lora_rank)
     refuse_out(out, SHADOW_RECORD)
     refuse_lone_processes()
     base_dir = resolve_base(base)

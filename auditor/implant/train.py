@@ -443,7 +443,7 @@ def train_loop(
     return stats
 
 
-def _shadows(shadow: Path | Sequence[Path] | None, scale: float | Sequence[float],
+def shadow_pairs(shadow: Path | Sequence[Path] | None, scale: float | Sequence[float],
              weight: float = 1.0) -> list[tuple[Path, float]]:
     """The shadow dirs `implant` was given (one, several or none), each with its scale (one
     for all, or one each in order); the same dir twice at the same scale fails, and so does
@@ -679,7 +679,7 @@ def implant(
     refuse_out(Path(out), FINGERPRINT_FILE)
     refuse_lone_processes()
     lookup_rows = lookup.resolve(lookup_rows, method)
-    shadows = _shadows(shadow, shadow_scale, shadow_weight)
+    shadows = shadow_pairs(shadow, shadow_scale, shadow_weight)
     refuse_unsupported(method, lookup_rows, bool(shadows))
     if shadows:
         from auditor.implant.shadow import validate
