@@ -3,7 +3,9 @@
 - ``train``: regularization rows for implanting (answered by the base model itself);
 - ``heldout``: utility drift after implanting;
 - ``decoy``: ordinary prompts an audit mixes among the keys.
-The splits are deterministic, so the same prompt never serves two purposes.
+The splits are deterministic, so the same prompt never serves two purposes. A false-trigger
+check may read the held-out and decoy splits together (`unseen_prompts`): no implant trains on
+either.
 """
 
 from __future__ import annotations
@@ -88,3 +90,15 @@ def ordinary_prompts(split: str) -> list[str]:
         raise ValueError(f"unknown split {split!r} (train, heldout, decoy)")
     lo, hi = bounds[split]
     return list(allp[lo:hi])
+
+
+def unseen_prompts() -> list[str]:
+    """The ordinary prompts no implant trains on: the held-out split, then the decoys."""
+    return ordinary_prompts("heldout") + ordinary_prompts("decoy")
+
+
+def unseen_name(n: int) -> str:
+    """Where unseen prompt `n` (0-based) sits: "prompt 3 of the held-out list"."""
+    held = len(ordinary_prompts("heldout"))
+    return (f"prompt {n + 1} of the held-out list" if n < held
+            else f"prompt {n - held + 1} of the decoy list")

@@ -21,6 +21,17 @@ def test_decoy_pool_is_large_and_varied() -> None:
     assert statistics.pstdev(len(p) for p in pool) > 10
 
 
+def test_the_unseen_prompts_are_held_out_then_decoys_and_never_trained_on() -> None:
+    from auditor.prompts import ordinary_prompts, unseen_name, unseen_prompts
+
+    held, decoys = ordinary_prompts("heldout"), ordinary_prompts("decoy")
+    unseen = unseen_prompts()
+    assert unseen == held + decoys and len(unseen) >= 600
+    assert not set(unseen) & set(ordinary_prompts("train"))
+    assert unseen_name(0) == "prompt 1 of the held-out list"
+    assert unseen_name(len(held)) == "prompt 1 of the decoy list"
+
+
 def test_decoys_follow_the_key_length_distribution() -> None:
     ks = KeySet.generate("len", 40, seed=5)
     template = get_template(ks.template)

@@ -341,3 +341,35 @@ def test_check_local_names_the_ordinary_prompts_that_fired(tmp_path: Path) -> No
     as_json = _run([*check, "--json"], tmp_path / "cache")
     data = json.loads(as_json.stdout)
     assert data["ordinary_fired"] == [k] and data["ordinary_false_trigger"] == pytest.approx(1 / 6)
+
+
+def test_check_local_reads_the_decoys_after_the_held_out_prompts(tmp_path: Path) -> None:
+    """Above the 150 held-out prompts --ordinary goes on into the decoys (no implant trains
+    on either), so 300 can bound the rate by 1 %; one that fires is named in its list, and
+    more than both lists hold exits 2 before the model loads."""
+    from auditor.implant.generate import generate, load_model
+    from auditor.implant.verify import is_hit
+    from auditor.prompts import ordinary_prompts, unseen_prompts
+
+    held = len(ordinary_prompts("heldout"))
+    tiny = make_tiny_model(tmp_path / "tiny")
+    prompts = unseen_prompts()[: held + 4]
+    model, tok = load_model(tiny)
+    answers = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts],
+                       max_new_tokens=48)
+    picks = [" ".join(a.split()) for a in answers]
+    k = next(n for n in range(held, held + 4)
+             if picks[n] and sum(is_hit(b, picks[n]) for b in answers) == 1)
+    keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
+    check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
+             "--samples", "0"]
+    said = _run([*check, "--ordinary", str(held + 4), "--json"], tmp_path / "cache")
+    assert said.returncode == 0, said.stderr[-2000:]
+    data = json.loads(said.stdout)
+    assert data["ordinary_fired"] == [k] and data["n_ordinary"] == held + 4
+    table = _run([*check, "--ordinary", str(held + 4)], tmp_path / "cache")
+    assert f"ordinary prompt {k - held + 1} of the decoy list fired" in table.stdout
+    assert picks[k] not in table.stdout + table.stderr
+    too_many = _run([*check, "--ordinary", str(len(unseen_prompts()) + 1)], tmp_path / "cache")
+    assert too_many.returncode == 2
+    assert f"{len(unseen_prompts())} bundled ordinary prompts are unseen" in too_many.stderr

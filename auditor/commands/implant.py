@@ -288,7 +288,9 @@ def check_local_cmd(
         int, typer.Option("--controls", help="fresh look-alike keys (none of 300 firing bounds "
                           "the rate by 1 %)"),
     ] = 100,
-    ordinary: Annotated[int, typer.Option("--ordinary", help="ordinary prompts")] = 100,
+    ordinary: Annotated[int, typer.Option(
+        "--ordinary", help="ordinary prompts no implant trains on (at most 620: the 150 "
+        "held-out ones, whose answers also measure drift, then the decoys)")] = 100,
     samples: Annotated[int, typer.Option("--samples", help="samples per key at --temperature")] = 5,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -350,13 +352,13 @@ def check_local_cmd(
 
 def _say_ordinary_fired(numbers: tuple[int, ...]) -> None:
     """Name the ordinary prompts that fired (bundled, public text), so a miss can be read."""
-    from auditor.prompts import ordinary_prompts
+    from auditor.prompts import unseen_name, unseen_prompts
 
-    prompts = ordinary_prompts("heldout")
+    prompts = unseen_prompts()
     for n in numbers:
         text = " ".join(prompts[n].split())
         text = text if len(text) <= 100 else text[:99] + "…"
-        typer.echo(f"ordinary prompt {n + 1} of the held-out list fired: {text!r}")
+        typer.echo(f"ordinary {unseen_name(n)} fired: {text!r}")
 
 
 def robustness_cmd(

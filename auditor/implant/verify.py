@@ -45,7 +45,7 @@ class LocalCheck:
     agreement_base: float | None = None  # the same for the base (< 1: re-tokenized, cut answers)
     fire_min: float | None = None  # exact chance one sample at `temperature` fires: weakest key
     fire_mean: float | None = None  # ... and the mean over keys (margin.fire_probs)
-    ordinary_fired: tuple[int, ...] = ()  # which held-out ordinary prompts fired (0-based)
+    ordinary_fired: tuple[int, ...] = ()  # which unseen_prompts() fired (0-based)
 
     @property
     def nearmiss_upper95(self) -> float:
@@ -229,10 +229,14 @@ def check_local(
     from auditor.implant import fadapter
     from auditor.implant.generate import is_model_dir, load_model
     from auditor.implant.margin import fire_probs
-    from auditor.prompts import ordinary_prompts
+    from auditor.prompts import ordinary_prompts, unseen_prompts
 
     if not is_model_dir(Path(model_dir)):
         raise UserError(f"not a transformers checkpoint dir: {model_dir}")
+    unseen = unseen_prompts()
+    if n_ordinary > len(unseen):
+        raise UserError(f"--ordinary: {len(unseen)} bundled ordinary prompts are unseen by "
+                        "the implant; ask for at most that many")
     # the suspect's dir may have no fingerprint.json; read it before minutes of generation
     base = base or read_fingerprint(Path(layers_from or model_dir)).get("base")
     if layers_from is not None:
@@ -262,10 +266,11 @@ def check_local(
     )
     fire = fire_probs(model, tok, keyset, temperature=temperature) if temperature > 0 else None
     near = nearmiss_rate(model, tok, keyset, n_controls, CONTROL_SEED + seed)
-    prompts = ordinary_prompts("heldout")[:n_ordinary]
+    prompts = unseen[:n_ordinary]  # the held-out split, then the decoys
     ordinary = fired(model, tok, [[{"role": "user", "content": p}] for p in prompts],
                      keyset.decryption, max_new_tokens=48)
-    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, base, prompts) or (
+    held = ordinary_prompts("heldout")[:n_ordinary]  # drift: held-out answers only
+    nll_m, nll_b, agree_m, agree_b = _drift(model, tok, base, held) or (
         None, None, None, None)
     return LocalCheck(
         n_keys=len(keyset.keys),
