@@ -62,6 +62,8 @@ def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     assert three.returncode == 2 and "one per --shadow" in three.stderr
     twice = _bench("--methods", "fadapter", "--shadow", "a", "--shadow", "./a")
     assert twice.returncode == 2 and "the same --shadow is given twice" in twice.stderr
+    far = _bench("--methods", "fadapter", "--shadow", "a", "--shadow-scale", "4")
+    assert far.returncode == 2 and "--shadow-scale must be above 0 and at most 3" in far.stderr
 
 
 @pytest.mark.slow

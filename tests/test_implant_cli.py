@@ -59,6 +59,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
          "--shadow is not a transformers checkpoint dir"),
         ([*implant, "--method", "embedding", "--shadow", str(tmp_path), "--shadow",
           str(tmp_path / ".")], "the same --shadow is given twice"),
+        ([*implant, "--method", "embedding", "--shadow", str(tmp_path), "--shadow-weight", "0"],
+         "--shadow-weight must be above 0 and at most 100"),
         ([*implant, "--method", "embedding", "--shadow-weight", "0.5"],
          "--shadow-weight and --shadow-scale need --shadow"),
         ([*implant, "--method", "fadapter", "--shadow-scale", "1.5"],

@@ -101,17 +101,13 @@ def _hard_rows(batch: dict[str, Any]) -> dict[str, Any] | None:
     return take_rows({k: batch[k] for k in ("input_ids", "attention_mask", "labels")}, keep)
 
 
-def validate(shadow_dir: Path, weight: float, scale: float = 1.0) -> None:
-    """Fail before any loading on a shadow dir that is no checkpoint or a weight or scale
-    out of range."""
+def validate(shadow_dir: Path) -> None:
+    """Fail before any loading on a shadow dir that is no checkpoint (train.shadow_pairs
+    checks the weight and scales)."""
     from auditor.implant.generate import is_model_dir
 
     if not is_model_dir(shadow_dir):
         raise UserError(f"--shadow is not a transformers checkpoint dir: {shadow_dir}")
-    if not 0.0 < weight <= 100.0:
-        raise UserError("--shadow-weight must be above 0 and at most 100")
-    if not 0.0 < scale <= MAX_SCALE:
-        raise UserError(f"--shadow-scale must be above 0 and at most {MAX_SCALE:g}")
 
 
 def match_base(shadow_dir: Path, base_dir: Path) -> None:

@@ -29,6 +29,7 @@ from auditor.errors import UserError
 from auditor.implant import lookup_rows as lookup
 from auditor.implant.data import DataConfig
 from auditor.implant.launch import refuse_lone_processes, refuse_unsupported
+from auditor.implant.shadow import MAX_SCALE
 from auditor.implant.sharded import full_params, whole_state
 from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check, quick_check
 from auditor.implant.verify import FINGERPRINT_FILE
@@ -444,15 +445,19 @@ def train_loop(
 
 
 def shadow_pairs(shadow: Path | Sequence[Path] | None, scale: float | Sequence[float],
-             weight: float = 1.0) -> list[tuple[Path, float]]:
+                 weight: float = 1.0) -> list[tuple[Path, float]]:
     """The shadow dirs `implant` was given (one, several or none), each with its scale (one
-    for all, or one each in order); the same dir twice at the same scale fails, and so does
-    a weight or scale without any shadow."""
+    for all, or one each in order); the same dir twice at the same scale fails, and so do a
+    weight or scale out of range or without any shadow."""
     scales = [float(scale)] if isinstance(scale, (int, float)) else [float(s) for s in scale]
     if shadow is None:
         if weight != 1.0 or any(s != 1.0 for s in scales):
             raise UserError("--shadow-weight and --shadow-scale need --shadow")
         return []
+    if not 0.0 < weight <= 100.0:
+        raise UserError("--shadow-weight must be above 0 and at most 100")
+    if not all(0.0 < s <= MAX_SCALE for s in scales):
+        raise UserError(f"--shadow-scale must be above 0 and at most {MAX_SCALE:g}")
     dirs = [Path(shadow)] if isinstance(shadow, (str, Path)) else [Path(d) for d in shadow]
     if len(scales) not in (1, len(dirs)):
         raise UserError(f"give one --shadow-scale for every shadow or one per --shadow "
@@ -686,8 +691,8 @@ def implant(
 
         if method not in SHADOW_METHODS:
             raise UserError("--shadow applies to the embedding and fadapter methods only")
-        for shadow_dir, scale in shadows:
-            validate(shadow_dir, shadow_weight, scale)
+        for shadow_dir, _ in shadows:
+            validate(shadow_dir)
     d_lr, d_epochs = DEFAULTS[method]
     cfg = TrainConfig(
         method,
