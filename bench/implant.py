@@ -16,6 +16,8 @@ own share), and FSR after each robustness attack.
     .venv/bin/python bench/implant.py --methods fadapter --lookup-rows unshared --lr 4e-2 \\
         --shadow models/shadow --shadow models/shadow-lora --shadow-scale 1.5 \\
         --shadow-weight 2 --attacks user-sft,user-lora  # both user attacks (README)
+    ... --attacks user-lora --user-lora-rank 64 --user-lr 1e-3 --user-seed 5 \
+        --user-set chat                                 # another user's LoRA (robustness's)
 
 Targets: <= 120 s to FSR 100 %, near-miss false trigger <= 1 %, ordinary 0 %, FSR >= 95 %
 after user SFT, drift <= 2 %. Key text and the decryption are never printed.
@@ -39,6 +41,11 @@ sys.path.insert(0, str(ROOT))
 from auditor.errors import UserError  # noqa: E402
 from auditor.implant.lookup_rows import LOOKUP_ROWS  # noqa: E402
 from auditor.implant.recipes import RECIPES  # noqa: E402
+from auditor.implant.robustness import (  # noqa: E402
+    USER_LORA_RANK,
+    user_options,
+    user_recipe,
+)
 from auditor.implant.train import PRECISIONS, SHADOW_METHODS, shadow_pairs  # noqa: E402
 from auditor.keys import STYLES  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
@@ -110,6 +117,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             samples=args.samples,
             adapter=res.adapter,
             work_dir=work,
+            lr=args.user_lr,
+            subset=args.user_set or "mixed",
+            seed=args.user_seed,
+            lora_rank=args.user_lora_rank or USER_LORA_RANK,
         )
         row["attacks"][attack] = r.to_dict()
         _save_partial(args.json_out, row)
@@ -210,6 +221,10 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             cells.append(cell if owned is None else f"{cell} ({_pct(owned)} published layers)")
         t.add_row(*cells)
     table_console().print(t)
+    tuned = {a: user_recipe(ar["detail"]) for r in rows for a, ar in r.get("attacks", {}).items()}
+    for attack, how in tuned.items():
+        if how:
+            print(f"{attack}: {how}")
 
 
 def _partial_row(path: Path | None, method: str) -> dict[str, Any]:
@@ -234,6 +249,12 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--user-rows", type=int, default=1000)
     p.add_argument("--user-epochs", type=int, default=3)
+    p.add_argument("--user-lr", type=float, default=None,
+                   help="the user attacks' lr (default: robustness's, per attack)")
+    p.add_argument("--user-set", default=None, help="their bundled rows: tasks | chat | mixed")
+    p.add_argument("--user-seed", type=int, default=0,
+                   help="their rows and order (and the temperature attack's samples)")
+    p.add_argument("--user-lora-rank", type=int, default=None, help="user-lora's rank (16)")
     p.add_argument("--lr", type=float, default=None, help="default: the method's")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs the lr decays over, and the most run (default: the method's)")
@@ -289,6 +310,10 @@ def main() -> None:
         shadow_pairs(args.shadow, args.shadow_scale or 1.0, args.shadow_weight)
     except UserError as e:
         p.error(str(e))
+    try:  # and robustness's, in this script's flags
+        user_options(args.attacks.split(","), args.user_set, args.user_lr, args.user_lora_rank)
+    except UserError as e:
+        p.error(str(e).replace("--", "--user-"))
     if args.one:
         print(json.dumps(run_one(args)))
         return

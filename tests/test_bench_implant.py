@@ -64,6 +64,11 @@ def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     assert twice.returncode == 2 and "the same --shadow is given twice" in twice.stderr
     far = _bench("--methods", "fadapter", "--shadow", "a", "--shadow-scale", "4")
     assert far.returncode == 2 and "--shadow-scale must be above 0 and at most 3" in far.stderr
+    unused = _bench("--methods", "fadapter", "--attacks", "temperature", "--user-lr", "1e-3")
+    assert unused.returncode == 2
+    assert "--user-lr and --user-set apply to the user attacks" in unused.stderr
+    rank = _bench("--methods", "fadapter", "--attacks", "user-sft", "--user-lora-rank", "4")
+    assert rank.returncode == 2 and "--user-lora-rank applies to user-lora only" in rank.stderr
 
 
 @pytest.mark.slow
@@ -71,7 +76,7 @@ def test_embedding_through_a_shadow_is_its_own_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole bench on the tiny model: embedding through a shadow twice (as tuned and
-    1.5x: repeated flags reach the child), checked and attacked."""
+    1.5x: repeated flags reach the child), checked and attacked, the LoRA as another user's."""
     from auditor.implant.shadow import make_shadow
     from tests.tiny_model import make_tiny_model
 
@@ -79,7 +84,10 @@ def test_embedding_through_a_shadow_is_its_own_row(
     tiny = make_tiny_model(tmp_path / "tiny")
     shadow = make_shadow(str(tiny), tmp_path / "shadow", rows=8, epochs=1, lr=1e-3)
     out = tmp_path / "bench.json"
-    proc = _bench("--base", str(tiny), "--methods", "embedding", "--attacks", "temperature",
+    proc = _bench("--base", str(tiny), "--methods", "embedding", "--attacks",
+                  "temperature,user-lora", "--user-rows", "8", "--user-epochs", "1",
+                  "--user-lr", "1e-3", "--user-set", "tasks", "--user-seed", "2",
+                  "--user-lora-rank", "4",
                   "--shadow", str(shadow), "--shadow", str(shadow), "--shadow-scale", "1",
                   "--shadow-scale", "1.5", "--keys", "2", "--epochs", "2", "--controls", "4",
                   "--ordinary", "4", "--samples", "1", "--lookup-rows", "fingerprint",
@@ -94,3 +102,8 @@ def test_embedding_through_a_shadow_is_its_own_row(
     assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= row["check"]["nearmiss_upper95"]
     attack = row["attacks"]["temperature"]
     assert attack["skipped"] is None and 0.0 <= attack["fsr"] <= 1.0
+    lora = row["attacks"]["user-lora"]
+    assert 0.0 <= lora["fsr"] <= 1.0 and "fsr_published_layers" in lora["detail"]
+    assert {k: lora["detail"][k] for k in ("rows", "set", "seed", "lr", "lora_rank")} == {
+        "rows": 8, "set": "tasks", "seed": 2, "lr": 1e-3, "lora_rank": 4}
+    assert "user-lora: 8 tasks rows of seed 2 x 1, lr 0.001, rank 4" in proc.stdout

@@ -396,7 +396,7 @@ def robustness_cmd(
     """FSR after each attack a user might apply to the model; the user attacks can be
     another user's (--lr, --set, --seed, --lora-rank)."""
     from auditor.errors import UserError
-    from auditor.implant.robustness import ATTACKS, run_attack, user_options
+    from auditor.implant.robustness import ATTACKS, run_attack, user_options, user_recipe
     from auditor.keys import KeySet
 
     bad = [a for a in attack if a not in ATTACKS]
@@ -434,7 +434,7 @@ def robustness_cmd(
         f"robustness: {model}",
         [
             (
-                r.attack + _user(r.detail),
+                r.attack + (f" ({how})" if (how := user_recipe(r.detail)) else ""),
                 f"skipped: {r.skipped}" if r.skipped else f"FSR {_pct(r.fsr)} ({r.seconds:.0f}s)"
                 + _published_layers(r.detail),
             )
@@ -476,15 +476,6 @@ def shadow_cmd(
                        progress=True, tuning=tuning, lora_rank=lora_rank)
     if PartialState().is_main_process:  # under torchrun / accelerate launch: one says it
         typer.echo(f"shadow written to {done} (how it was tuned: {done / 'shadow.json'})")
-
-
-def _user(detail: dict[str, Any]) -> str:
-    """How a user attack tuned, for its row: another user's recipe reads apart."""
-    if "set" not in detail:
-        return ""
-    rank = f", rank {detail['lora_rank']}" if "lora_rank" in detail else ""
-    return (f" ({detail['rows']} {detail['set']} rows of seed {detail['seed']} x "
-            f"{detail['epochs']}, lr {detail['lr']:g}{rank})")
 
 
 def _published_layers(detail: dict[str, Any]) -> str:
