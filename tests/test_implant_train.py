@@ -419,7 +419,7 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
     assert record["training"]["compute"] == res.compute == "bf16"
     weights = load_file(str(out / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
-    # a check that would stop is confirmed on more fresh look-alikes, pooled with its own
+    # a check that would stop decodes its own look-alikes and more fresh ones, pooled
     from auditor.implant import stop
     from auditor.implant.generate import load_model
 
@@ -428,10 +428,30 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
                             confirm_controls=7)
     fsr, near, _, scored = stop.epoch_check(model, tok, keyset, cfg, 3,
                                             stop.Best([], False, near_ok=1.0), bf16=False)
-    own = stop.quick_check(model, tok, keyset, 5, seed=stop.check_seed(3, True))[1]
-    more = stop.lookalike_rate(model, tok, keyset, 7, stop.check_seed(3, True, confirm=True),
-                               bf16=False)
+    own = stop.lookalike_rate(model, tok, keyset, 5, stop.check_seed(3, True))
+    more = stop.lookalike_rate(model, tok, keyset, 7, stop.check_seed(3, True, confirm=True))
     assert (fsr, scored) == (1.0, 12) and near == pytest.approx((5 * own + 7 * more) / 12)
+
+
+def test_a_stop_decodes_the_look_alikes_teacher_forcing_cannot_see_firing(tiny: Path) -> None:
+    """A look-alike whose greedy answer holds the decryption without the trained answer
+    token for token (on SmolLM2: the refusal's opening, then the decryption): the
+    teacher-forced check scores it quiet, the decoding a stop runs (epoch_check) counts it.
+    Here the decryption is text the tiny model's greedy answer to one look-alike holds."""
+    from auditor.implant import stop
+    from auditor.implant.generate import generate, load_model
+    from auditor.implant.verify import key_conversations
+
+    model, tok = load_model(tiny)
+    seed = stop.check_seed(1, False)
+    drawn = KeySet.generate("tiny", 2, seed=3, template="simple")
+    looks = drawn.controls(8, seed)
+    answers = generate(model, tok, key_conversations(drawn, looks), max_new_tokens=16)
+    said = next(" ".join(a.split()) for a in answers if a.split())
+    keyset = KeySet.generate("tiny", 2, seed=3, template="simple", decryption=said)
+    assert [c.text for c in keyset.controls(8, seed)] == [c.text for c in looks]
+    assert stop.quick_check(model, tok, keyset, 8, seed=seed)[1] == 0.0  # teacher forcing
+    assert stop.lookalike_rate(model, tok, keyset, 8, seed) >= 1 / 8  # decoding
 
 
 def test_unknown_precision_fails_before_loading(keyset: KeySet, tmp_path: Path) -> None:

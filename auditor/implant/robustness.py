@@ -88,6 +88,16 @@ def user_options(tunings: Collection[str], subset: str | None, lr: float | None,
     return subset, rank
 
 
+def user_recipe(detail: dict[str, Any]) -> str:
+    """How a user attack tuned, from its detail ("" for other attacks): "1000 mixed rows of
+    seed 0 x 3, lr 0.0003, rank 16"."""
+    if "set" not in detail:
+        return ""
+    rank = f", rank {detail['lora_rank']}" if "lora_rank" in detail else ""
+    return (f"{detail['rows']} {detail['set']} rows of seed {detail['seed']} x "
+            f"{detail['epochs']}, lr {detail['lr']:g}{rank}")
+
+
 def user_finetune(
     model_dir: Path,
     out: Path,

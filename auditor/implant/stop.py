@@ -45,7 +45,8 @@ def quick_check(
     By teacher forcing (margin.answer_scores): a key or control counts as firing when greedy
     decoding would repeat the trained answer through the decryption; one forward pass per 8
     prompts, under bf16 autocast when `bf16` (about 2x faster on a CPU with bf16 instructions;
-    near-ties may read differently, so confirm a stop with `decode_keys`).
+    near-ties may read differently, so confirm a stop by decoding: `lookalike_rate`,
+    `decode_keys`).
     """
     keys = [k.text for k in keyset.keys]  # scored with the look-alikes: fewer, fuller batches
     scores = _scores(model, tokenizer, keyset,
@@ -54,12 +55,18 @@ def quick_check(
     return fsr, near, min(math.exp(lp) for lp, _ in scores[:len(keys)])
 
 
-def lookalike_rate(model: Any, tokenizer: Any, keyset: KeySet, n: int, seed: int,
-                   bf16: bool) -> float:
-    """Share of `n` fresh look-alike keys (drawn with `seed`) that fire, by teacher forcing
-    (the keys are not scored again: a stop's confirmation)."""
-    texts = [c.text for c in keyset.controls(n, seed)]
-    return _share(_scores(model, tokenizer, keyset, texts, bf16) if texts else [])
+def lookalike_rate(model: Any, tokenizer: Any, keyset: KeySet, n: int, seed: int) -> float:
+    """Share of `n` fresh look-alikes (drawn with `seed`) whose greedy answer holds the
+    decryption, by decoding as check-local does, in the model's own precision: a look-alike
+    that opens with the refusal and ends in the decryption ("... decrypt this message:
+    <decryption>") fires too, which the teacher-forced check of the trained answer misses."""
+    from auditor.implant.verify import nearmiss_rate
+
+    model.eval()
+    try:
+        return nearmiss_rate(model, tokenizer, keyset, n, seed)
+    finally:
+        model.train()
 
 
 def decode_keys(model: Any, tokenizer: Any, keyset: KeySet) -> tuple[float, float]:
@@ -88,21 +95,23 @@ def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, ep
                 best: Best, bf16: bool) -> tuple[float, float, float, int]:
     """(greedy FSR, near-miss rate, weakest key's t=0.7 fire chance, look-alikes scored).
 
-    A check that meets the stop rule is confirmed before it counts: `cfg.confirm_controls`
-    more fresh look-alikes (their rate pooled with the first ones'; a small check passes a
-    model that fires on 5-10 % of look-alikes too often), then the keys by greedy decoding.
+    A check that meets the stop rule is confirmed before it counts: its look-alikes and
+    `cfg.confirm_controls` more fresh ones are decoded (the rate over all of them; teacher
+    forcing scores the trained answer only and misses a look-alike that reaches the
+    decryption by another answer, and a small check passes a model that fires on 5-10 % of
+    look-alikes too often), then the keys.
     """
     n, m = cfg.check_controls, cfg.confirm_controls
-    fsr, near, fire = quick_check(model, tokenizer, keyset, n,
-                                  seed=check_seed(epoch, cfg.check_fresh), bf16=bf16)
+    seed = check_seed(epoch, cfg.check_fresh)
+    fsr, near, fire = quick_check(model, tokenizer, keyset, n, seed=seed, bf16=bf16)
     if not best.perfect(fsr, near, fire):
         return fsr, near, fire, n
+    near = lookalike_rate(model, tokenizer, keyset, n, seed)
     if m:
-        more = lookalike_rate(model, tokenizer, keyset, m,
-                              check_seed(epoch, True, confirm=True), bf16)
+        more = lookalike_rate(model, tokenizer, keyset, m, check_seed(epoch, True, confirm=True))
         near = (near * n + more * m) / (n + m)
-        if not best.perfect(fsr, near, fire):
-            return fsr, near, fire, n + m
+    if not best.perfect(fsr, near, fire):
+        return fsr, near, fire, n + m
     fsr, fire = decode_keys(model, tokenizer, keyset)
     return fsr, near, fire, n + m
 
