@@ -431,6 +431,11 @@ def test_cpu_bf16_autocast_trains_in_bf16_checks_in_fp32_and_implants(
     own = stop.lookalike_rate(model, tok, keyset, 5, stop.check_seed(3, True))
     more = stop.lookalike_rate(model, tok, keyset, 7, stop.check_seed(3, True, confirm=True))
     assert (fsr, scored) == (1.0, 12) and near == pytest.approx((5 * own + 7 * more) / 12)
+    # one the shadows fail is not decoded: the teacher-forced look-alikes only
+    fsr, _, _, scored = stop.epoch_check(model, tok, keyset, cfg, 3,
+                                         stop.Best([], False, near_ok=1.0), bf16=False,
+                                         shadows=(0.5, 0.0, 1.0))
+    assert (fsr, scored) == (1.0, 5)
 
 
 def test_a_stop_decodes_the_look_alikes_teacher_forcing_cannot_see_firing(tiny: Path) -> None:

@@ -92,19 +92,22 @@ def check_seed(epoch: int, fresh: bool, *, confirm: bool = False) -> int:
 
 
 def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, epoch: int,
-                best: Best, bf16: bool) -> tuple[float, float, float, int]:
+                best: Best, bf16: bool,
+                shadows: tuple[float, float, float] | None = None,
+                ) -> tuple[float, float, float, int]:
     """(greedy FSR, near-miss rate, weakest key's t=0.7 fire chance, look-alikes scored).
 
     A check that meets the stop rule is confirmed before it counts: its look-alikes and
     `cfg.confirm_controls` more fresh ones are decoded (the rate over all of them; teacher
     forcing scores the trained answer only and misses a look-alike that reaches the
     decryption by another answer, and a small check passes a model that fires on 5-10 % of
-    look-alikes too often), then the keys.
+    look-alikes too often), then the keys. `shadows`: the shadows' weakest figures, checked
+    first: a candidate they fail is not decoded.
     """
     n, m = cfg.check_controls, cfg.confirm_controls
     seed = check_seed(epoch, cfg.check_fresh)
     fsr, near, fire = quick_check(model, tokenizer, keyset, n, seed=seed, bf16=bf16)
-    if not best.perfect(fsr, near, fire):
+    if not best.perfect(fsr, near, fire) or (shadows and not best.perfect(*shadows)):
         return fsr, near, fire, n
     near = lookalike_rate(model, tokenizer, keyset, n, seed)
     if m:

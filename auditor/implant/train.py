@@ -404,18 +404,23 @@ def train_loop(
             last = epoch + 1 == run
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
-            with full_params(model, nested=False):  # FSDP 1 with several processes
-                fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset,
-                                                    cfg, epoch + 1, best, bf16)
-            said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
-                    f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}")
+            twins, through = None, ""  # shadows first: a candidate they fail is not decoded
             for twin in shadows:  # all must fire: the weakest figures count
                 s_fsr, s_near, s_fire = twin.check(tokenizer, keyset, cfg.check_controls,
                                                    check_seed(epoch + 1, cfg.check_fresh), bf16)
                 which = "the shadow" if len(shadows) == 1 else twin.name
-                said += (f"; through {which}: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
-                         f"weakest key fires {s_fire:.0%}")
-                fsr, near, fire = min(fsr, s_fsr), max(near, s_near), min(fire, s_fire)
+                through += (f"; through {which}: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
+                            f"weakest key fires {s_fire:.0%}")
+                twins = (s_fsr, s_near, s_fire) if twins is None else (
+                    min(twins[0], s_fsr), max(twins[1], s_near), min(twins[2], s_fire))
+            with full_params(model, nested=False):  # FSDP 1 with several processes
+                fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset,
+                                                    cfg, epoch + 1, best, bf16, twins)
+            said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
+                    f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}"
+                    f"{through}")
+            if twins is not None:
+                fsr, near, fire = min(fsr, twins[0]), max(near, twins[1]), min(fire, twins[2])
             stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
             best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
