@@ -41,11 +41,7 @@ sys.path.insert(0, str(ROOT))
 from auditor.errors import UserError  # noqa: E402
 from auditor.implant.lookup_rows import LOOKUP_ROWS  # noqa: E402
 from auditor.implant.recipes import RECIPES  # noqa: E402
-from auditor.implant.robustness import (  # noqa: E402
-    USER_LORA_RANK,
-    user_options,
-    user_recipe,
-)
+from auditor.implant.robustness import user_options, user_recipe  # noqa: E402
 from auditor.implant.train import PRECISIONS, SHADOW_METHODS, shadow_pairs  # noqa: E402
 from auditor.keys import STYLES  # noqa: E402
 from bench.machine import machine, table_console  # noqa: E402
@@ -118,9 +114,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             adapter=res.adapter,
             work_dir=work,
             lr=args.user_lr,
-            subset=args.user_set or "mixed",
+            subset=args.user_set,
             seed=args.user_seed,
-            lora_rank=args.user_lora_rank or USER_LORA_RANK,
+            lora_rank=args.user_lora_rank,
         )
         row["attacks"][attack] = r.to_dict()
         _save_partial(args.json_out, row)
@@ -310,10 +306,12 @@ def main() -> None:
         shadow_pairs(args.shadow, args.shadow_scale or 1.0, args.shadow_weight)
     except UserError as e:
         p.error(str(e))
-    try:  # and robustness's, in this script's flags
-        user_options(args.attacks.split(","), args.user_set, args.user_lr, args.user_lora_rank)
+    try:  # and robustness's, in this script's flags; the child uses what it resolves
+        args.user_set, args.user_lora_rank = user_options(
+            args.attacks.split(","), args.user_set, args.user_lr, args.user_lora_rank,
+            flag="--user-")
     except UserError as e:
-        p.error(str(e).replace("--", "--user-"))
+        p.error(str(e))
     if args.one:
         print(json.dumps(run_one(args)))
         return

@@ -69,6 +69,8 @@ def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     assert "--user-lr and --user-set apply to the user attacks" in unused.stderr
     rank = _bench("--methods", "fadapter", "--attacks", "user-sft", "--user-lora-rank", "4")
     assert rank.returncode == 2 and "--user-lora-rank applies to user-lora only" in rank.stderr
+    low = _bench("--methods", "fadapter", "--attacks", "user-sft", "--user-lr", "0")
+    assert low.returncode == 2 and "the user's --user-lr must be above 0" in low.stderr
 
 
 @pytest.mark.slow

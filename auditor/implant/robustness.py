@@ -61,30 +61,33 @@ def _load(model_dir: Path, adapter: Path | None) -> tuple[Any, Any]:
     return model, tok
 
 
-def check_user(subset: str, lr: float | None, lora_rank: int) -> None:
-    """Fail before any loading on a user tuning that cannot run."""
+def check_user(subset: str, lr: float | None, lora_rank: int, flag: str = "--") -> None:
+    """Fail before any loading on a user tuning that cannot run (`flag`: how the command
+    spells the options' prefix, "--user-" in the bench)."""
     from auditor.implant.userdata import SUBSETS
 
     if subset not in SUBSETS:
         raise UserError(f"unknown user data set {subset!r} (known: {', '.join(SUBSETS)})")
     if lr is not None and not 0.0 < lr <= 1.0:
-        raise UserError("the user's --lr must be above 0 and at most 1")
+        raise UserError(f"the user's {flag}lr must be above 0 and at most 1")
     if not 1 <= lora_rank <= MAX_LORA_RANK:
-        raise UserError(f"--lora-rank must be between 1 and {MAX_LORA_RANK}")
+        raise UserError(f"{flag}lora-rank must be between 1 and {MAX_LORA_RANK}")
 
 
 def user_options(tunings: Collection[str], subset: str | None, lr: float | None,
-                 lora_rank: int | None) -> tuple[str, int]:
+                 lora_rank: int | None, flag: str = "--") -> tuple[str, int]:
     """Check a command's user options against the tunings it runs, before any loading (an
-    option nothing would use fails too); return the data set and LoRA rank to use."""
+    option nothing would use fails too); return the data set and LoRA rank to use. `flag`:
+    the options' prefix in the command's own spelling."""
     users = set(USER_LR) & set(tunings)
     if not users and (subset is not None or lr is not None):
-        raise UserError("--lr and --set apply to the user attacks (user-sft, user-lora) only")
+        raise UserError(f"{flag}lr and {flag}set apply to the user attacks (user-sft, "
+                        "user-lora) only")
     if lora_rank is not None and "user-lora" not in users:
-        raise UserError("--lora-rank applies to user-lora only")
+        raise UserError(f"{flag}lora-rank applies to user-lora only")
     subset = "mixed" if subset is None else subset
     rank = USER_LORA_RANK if lora_rank is None else lora_rank
-    check_user(subset, lr, rank)
+    check_user(subset, lr, rank, flag)
     return subset, rank
 
 
