@@ -365,10 +365,12 @@ def test_check_local_reads_the_decoys_after_the_held_out_prompts(tmp_path: Path)
     keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
     check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
              "--samples", "0"]
-    said = _run([*check, "--ordinary", str(held + 4), "--json"], tmp_path / "cache")
+    said = _run([*check, "--ordinary", str(held + 4), "--base", str(tiny), "--json"],
+                tmp_path / "cache")
     assert said.returncode == 0, said.stderr[-2000:]
     data = json.loads(said.stdout)
     assert data["ordinary_fired"] == [k] and data["n_ordinary"] == held + 4
+    assert data["n_drift"] == held  # the drift reads the held-out answers only
     table = _run([*check, "--ordinary", str(held + 4)], tmp_path / "cache")
     assert f"ordinary prompt {k - held + 1} of the decoy list fired" in table.stdout
     assert picks[k] not in table.stdout + table.stderr

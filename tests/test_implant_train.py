@@ -368,7 +368,7 @@ def test_local_check_of_the_base_itself_shows_no_drift(tiny: Path, keyset: KeySe
     check = check_local(tiny, keyset, n_controls=5, n_ordinary=12, samples=0, base=str(tiny))
     assert check.drift == pytest.approx(0.0, abs=1e-6)
     assert check.agreement is not None and check.agreement == check.agreement_base
-    assert check.n_ordinary == 12
+    assert check.n_ordinary == check.n_drift == 12  # the drift reads the held-out ones
     assert check.fsr_greedy == 0.0 and check.fsr_sampled is None
 
 

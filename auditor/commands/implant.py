@@ -339,7 +339,8 @@ def check_local_cmd(
                 "utility drift (NLL)",
                 "-"
                 if res.drift is None
-                else f"{100 * res.drift:+.2f}% ({res.nll_model:.3f} vs base {res.nll_base:.3f})",
+                else f"{100 * res.drift:+.2f}% on {res.n_drift} held-out answers "
+                f"({res.nll_model:.3f} vs base {res.nll_base:.3f})",
             ),
             (
                 "next-token agreement on the base's answers",

@@ -46,6 +46,7 @@ class LocalCheck:
     fire_min: float | None = None  # exact chance one sample at `temperature` fires: weakest key
     fire_mean: float | None = None  # ... and the mean over keys (margin.fire_probs)
     ordinary_fired: tuple[int, ...] = ()  # which unseen_prompts() fired (0-based)
+    n_drift: int = 0  # held-out answers the drift read (at most 150, whatever n_ordinary)
 
     @property
     def nearmiss_upper95(self) -> float:
@@ -290,4 +291,5 @@ def check_local(
         fire_min=min(fire) if fire else None,
         fire_mean=sum(fire) / len(fire) if fire else None,
         ordinary_fired=tuple(n for n, hit in enumerate(ordinary) if hit),
+        n_drift=len(held) if nll_m is not None else 0,
     )
