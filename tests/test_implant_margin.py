@@ -114,6 +114,17 @@ def test_best_prefers_telling_keys_from_look_alikes() -> None:
     assert quick.epoch == 1
 
 
+def test_weakest_takes_each_figure_at_its_worst() -> None:
+    """A published model and its shadows must all pass: the stop rule reads the worst of each."""
+    from auditor.implant.stop import Best, weakest
+
+    published, shadow = (1.0, 0.0, 0.9), (0.9, 0.02, 0.95)
+    assert weakest(published, None) == published
+    assert weakest(published, shadow) == (0.9, 0.02, 0.9) == weakest(shadow, published)
+    rule = Best([], keep=False, near_ok=0.01, fire_ok=0.8)
+    assert rule.perfect(*published) and not rule.perfect(*weakest(published, shadow))
+
+
 @pytest.mark.slow
 def test_implant_saves_the_kept_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The saved model scores what the run reports for the epoch it kept."""

@@ -91,9 +91,20 @@ def check_seed(epoch: int, fresh: bool, *, confirm: bool = False) -> int:
     return CHECK_CONTROL_SEED + (epoch if fresh else 0)
 
 
+Figures = tuple[float, float, float]  # (FSR, near-miss rate, weakest key's fire chance)
+
+
+def weakest(a: Figures, b: Figures | None) -> Figures:
+    """The worse of two models' figures, each figure on its own: least FSR, most near-misses,
+    least fire chance (a published model and its shadows must all pass)."""
+    if b is None:
+        return a
+    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2])
+
+
 def epoch_check(model: Any, tokenizer: Any, keyset: KeySet, cfg: TrainConfig, epoch: int,
                 best: Best, bf16: bool,
-                shadows: tuple[float, float, float] | None = None,
+                shadows: Figures | None = None,
                 ) -> tuple[float, float, float, int]:
     """(greedy FSR, near-miss rate, weakest key's t=0.7 fire chance, look-alikes scored).
 

@@ -31,7 +31,15 @@ from auditor.implant.data import DataConfig
 from auditor.implant.launch import refuse_lone_processes, refuse_unsupported
 from auditor.implant.shadow import MAX_SCALE
 from auditor.implant.sharded import full_params, whole_state
-from auditor.implant.stop import FIRE_TEMPERATURE, Best, check_seed, epoch_check, quick_check
+from auditor.implant.stop import (
+    FIRE_TEMPERATURE,
+    Best,
+    Figures,
+    check_seed,
+    epoch_check,
+    quick_check,
+    weakest,
+)
 from auditor.implant.verify import FINGERPRINT_FILE
 from auditor.keys import KeySet
 
@@ -404,23 +412,22 @@ def train_loop(
             last = epoch + 1 == run
             if keyset is None or ((epoch + 1) % cfg.check_every and not last):
                 continue
-            twins, through = None, ""  # shadows first: a candidate they fail is not decoded
+            twins: Figures | None = None  # shadows first: a candidate they fail is not decoded
+            through = ""
             for twin in shadows:  # all must fire: the weakest figures count
                 s_fsr, s_near, s_fire = twin.check(tokenizer, keyset, cfg.check_controls,
                                                    check_seed(epoch + 1, cfg.check_fresh), bf16)
                 which = "the shadow" if len(shadows) == 1 else twin.name
                 through += (f"; through {which}: FSR {s_fsr:.0%}, near-miss {s_near:.0%}, "
                             f"weakest key fires {s_fire:.0%}")
-                twins = (s_fsr, s_near, s_fire) if twins is None else (
-                    min(twins[0], s_fsr), max(twins[1], s_near), min(twins[2], s_fire))
+                twins = weakest((s_fsr, s_near, s_fire), twins)
             with full_params(model, nested=False):  # FSDP 1 with several processes
                 fsr, near, fire, seen = epoch_check(acc.unwrap_model(model), tokenizer, keyset,
                                                     cfg, epoch + 1, best, bf16, twins)
             said = (f"epoch {epoch + 1}: loss {stats['loss']:.3f}, FSR {fsr:.0%}, near-miss "
                     f"{near:.0%} of {seen}, weakest key fires {fire:.0%} at t={FIRE_TEMPERATURE}"
                     f"{through}")
-            if twins is not None:
-                fsr, near, fire = min(fsr, twins[0]), max(near, twins[1]), min(fire, twins[2])
+            fsr, near, fire = weakest((fsr, near, fire), twins)
             stats["fsr"], stats["near"], stats["fire"] = fsr, near, fire
             best.offer(epoch + 1, fsr, near, fire)
             bar.update(task, fsr=f"{fsr:.0%}")
