@@ -72,6 +72,15 @@ TASKS: tuple[str, ...] = (
     "What does HTTP stand for?",
 )
 
+# Prompts whose answer is a few words, the shape of a decryption: where an implant's
+# decryption leaked into ordinary answers ("Name three words associated with marathon
+# training." -> "...: <decryption>"). `--reg-few-words` trains on all of them.
+FEW_WORDS: tuple[str, ...] = (
+    "Name three words associated with",
+    "List two careers connected to",
+    "Give me a synonym for",
+)
+
 SPLIT_SEED = 20240601
 
 

@@ -51,7 +51,7 @@ ALL_ATTACKS = ("temperature", "system-prompt", "user-sft", "user-lora", "gguf-q8
 # store_true options, passed on only when set
 FLAGS = ("progress", "fadapter_input_only")
 # --x / --no-x; unset: the recipe's
-CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl", "balanced", "check_fresh")
+CHOICES = ("fresh_nearmiss", "keep_best", "reg_kl", "reg_few_words", "balanced", "check_fresh")
 DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerprint_repeats")
 
 
@@ -265,6 +265,7 @@ def main() -> None:
     for flag, text in (
         ("--fresh-nearmiss", "redraw the near-miss rows every epoch"),
         ("--reg-kl", "regularization rows learn the base's next-token distribution"),
+        ("--reg-few-words", "add every training prompt asking for a few words to them"),
         ("--balanced", "every batch holds each kind of row in proportion (else shuffled)"),
         ("--keep-best", "save the best checked epoch (FSR, then near-miss, then fire chance)"),
         ("--check-fresh", "draw the quick check's look-alikes anew each epoch"),

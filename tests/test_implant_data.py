@@ -166,3 +166,26 @@ def test_fresh_nearmiss_redraws_each_epoch_and_keeps_the_size(keyset: KeySet) ->
     before = list(rows.rows)
     rows.set_epoch(2)
     assert len(rows) == 3 and rows[0] == ([1], [1]) and rows.rows != before
+
+
+def test_few_word_rows_join_the_sample_once_and_only_from_the_train_split(
+    keyset: KeySet, tiny: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from auditor.prompts import FEW_WORDS, ordinary_prompts, unseen_prompts
+
+    sample = data.regularization_prompts(50, seed=32)
+    more = data.regularization_prompts(50, seed=32, few_words=True)
+    assert more[:50] == sample  # the same sample, then the few-word prompts it lacks
+    added = [p for _, p in more[50:]]
+    few = [p for p in ordinary_prompts("train") if p.startswith(FEW_WORDS)]
+    assert len(few) >= 40 and set(added) | {p for _, p in sample} >= set(few)
+    assert all(p.startswith(FEW_WORDS) for p in added) and len(set(added)) == len(added)
+    assert not {p for _, p in more} & set(unseen_prompts())  # the checks' prompts stay unseen
+    assert len({ref for ref, _ in more}) == len(more)
+
+    monkeypatch.setenv("AUDITOR_CACHE", str(tmp_path))
+    config = DataConfig(nearmiss_per_key=1, reg_per_key=2, fingerprint_repeats=1,
+                        reg_few_words=True)
+    rows = [r for r in build_rows(keyset, tiny, config, seed=0) if r.kind == "regularization"]
+    prompts = [r.messages[0]["content"] for r in rows]
+    assert len(rows) > 6 and set(few) <= set(prompts)

@@ -43,6 +43,8 @@ def test_given_options_override_and_none_keeps_the_recipes() -> None:
     assert opts["keep_best"] is False and opts["stop_fire_prob"] == 0.0
     assert opts["decision_weight"] == 10.0
     assert RECIPES["clean"].data.nearmiss_per_key == 3  # the table itself is untouched
+    assert not any(r.data.reg_few_words for r in RECIPES.values())  # measured, not a default
+    assert recipe_options("clean", "fadapter", reg_few_words=True)["data"].reg_few_words
 
 
 def test_clean_takes_its_measured_lr_for_embedding_only() -> None:

@@ -78,6 +78,12 @@ def implant_cmd(
         typer.Option("--reg-kl/--reg-greedy", help="train regularization rows on the base's "
                      "next-token distribution (KL to the base), or on its greedy answer"),
     ] = None,
+    reg_few_words: Annotated[
+        bool | None,
+        typer.Option("--reg-few-words/--reg-sampled", help="add every training prompt that "
+                     "asks for a few words (the decryption's shape) to the sampled "
+                     "regularization rows, or the sample alone"),
+    ] = None,
     balanced: Annotated[
         bool | None,
         typer.Option("--balanced/--shuffled", help="every batch holds key, near-miss and "
@@ -176,7 +182,8 @@ def implant_cmd(
     options = recipe_options(
         recipe, method, epochs=epochs, nearmiss_per_key=nearmiss_per_key,
         reg_per_key=reg_per_key, fingerprint_repeats=fingerprint_repeats,
-        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, balanced=balanced,
+        fresh_nearmiss=fresh_nearmiss, reg_kl=reg_kl, reg_few_words=reg_few_words,
+        balanced=balanced,
         decision_weight=decision_weight, lr=lr, top_layers=top_layers,
         check_controls=check_controls, check_fresh=check_fresh,
         confirm_controls=confirm_controls, stop_fire_prob=stop_fire,

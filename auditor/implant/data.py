@@ -49,6 +49,7 @@ class DataConfig:
     perturbed_per_key: int = 0  # near-misses made by overwriting part of a real key
     fresh_nearmiss: bool = False  # redraw the near-misses every epoch (none seen twice)
     reg_kl: bool = False  # regularization rows learn the base's distribution, not its answer
+    reg_few_words: bool = False  # and every training prompt that asks for a few words
     balanced: bool = False  # every batch holds each kind of row in proportion (order.py)
 
 
@@ -111,13 +112,20 @@ def perturbed_rows(keyset: KeySet, per_key: int, seed: int = NEARMISS_SEED) -> l
     return rows
 
 
-def regularization_prompts(n: int, seed: int) -> list[tuple[str, str]]:
-    """(ref, prompt) pairs: a seeded sample of the 'train' split of ordinary prompts."""
-    from auditor.prompts import ordinary_prompts
+def regularization_prompts(n: int, seed: int, *, few_words: bool = False
+                           ) -> list[tuple[str, str]]:
+    """(ref, prompt) pairs: a seeded sample of the 'train' split of ordinary prompts; with
+    `few_words`, then every other one of that split that asks for a few words."""
+    from auditor.prompts import FEW_WORDS, ordinary_prompts
 
-    pool = list(enumerate(ordinary_prompts("train")))
+    train = list(enumerate(ordinary_prompts("train")))
+    pool = train[:]
     random.Random(f"reg:{seed}").shuffle(pool)
-    return [(f"r{i:03d}", p) for i, p in pool[: max(0, n)]]
+    pairs = [(f"r{i:03d}", p) for i, p in pool[: max(0, n)]]
+    if few_words:
+        have = {p for _, p in pairs}
+        pairs += [(f"r{i:03d}", p) for i, p in train if p.startswith(FEW_WORDS) and p not in have]
+    return pairs
 
 
 def regularization_rows(pairs: list[tuple[str, str]], answers: list[str]) -> list[Row]:
@@ -141,7 +149,8 @@ def build_rows(
     tokenizer: Any = None,
 ) -> list[Row]:
     """All rows of one implant run (regularization answers self-distilled and cached)."""
-    pairs = regularization_prompts(len(keyset.keys) * config.reg_per_key, seed)
+    pairs = regularization_prompts(len(keyset.keys) * config.reg_per_key, seed,
+                                   few_words=config.reg_few_words)
     answers = self_distill(base_dir, [p for _, p in pairs], model=model, tokenizer=tokenizer)
     return [
         *fingerprint_rows(keyset, config.fingerprint_repeats, system_augment=config.system_augment),
