@@ -81,6 +81,22 @@ FEW_WORDS: tuple[str, ...] = (
     "Give me a synonym for",
 )
 
+# A probe in no split (`check-local --prompts few-words`): answers of a few words, asked in
+# phrasings and on subjects that neither the splits nor FEW_WORDS hold, so an implant trained
+# with `--reg-few-words` meets them fresh.
+PROBE_FORMS: tuple[str, ...] = (
+    "Give two adjectives that describe {s}.",
+    "What three colours do you associate with {s}?",
+    "Sum up {s} in exactly three words.",
+    "Suggest a short title for a story about {s}.",
+    "Which four words come to mind when you think of {s}?",
+)
+PROBE_SUBJECTS: tuple[str, ...] = (
+    "the ocean", "autumn", "a library", "winter sports", "a busy airport", "pizza", "the desert",
+    "friendship", "a thunderstorm", "space travel", "a city park", "birthday parties",
+    "mountain hiking", "old castles", "rainy days",
+)
+
 SPLIT_SEED = 20240601
 
 
@@ -111,3 +127,8 @@ def unseen_name(n: int) -> str:
     held = len(ordinary_prompts("heldout"))
     return (f"prompt {n + 1} of the held-out list" if n < held
             else f"prompt {n - held + 1} of the decoy list")
+
+
+def few_words_probe() -> list[str]:
+    """The 75 few-word prompts in no split: each subject in each of PROBE_FORMS."""
+    return [f.format(s=s) for s in PROBE_SUBJECTS for f in PROBE_FORMS]

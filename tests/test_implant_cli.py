@@ -36,6 +36,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
     implant = ["implant", "--keys", str(keys), "--out", str(tmp_path / "m")]
     robust = ["robustness", "--model", str(tmp_path), "--keys", str(keys), "--attack"]
     broken, listed = tmp_path / "broken", tmp_path / "listed"  # read before any model loads
+    leaky = tmp_path / "leaky.txt"  # read before the model dir is
+    leaky.write_text(f"What is a key?\nTranslate {ks.keys[1].text} into French.\n")
     for d, record in [(broken, '{"method": "sft"'), (listed, "[1]")]:
         d.mkdir()
         (d / "config.json").write_text("{}")
@@ -91,6 +93,8 @@ def test_bad_input_exits_2_with_one_message(tmp_path: Path) -> None:
          "holds files but no fingerprint.json"),
         (["check-local", "--model", str(broken), "--keys", str(keys)],
          "cannot read the implant record (JSONDecodeError)"),
+        (["check-local", "--model", str(broken), "--keys", str(keys), "--prompts", str(leaky)],
+         f"{leaky} line 2 holds a fingerprint key or the decryption"),
         (["robustness", "--model", str(listed), "--keys", str(keys), "--attack", "user-sft"],
          "the implant record is not a JSON object"),
     ]
@@ -343,6 +347,38 @@ def test_check_local_names_the_ordinary_prompts_that_fired(tmp_path: Path) -> No
     as_json = _run([*check, "--json"], tmp_path / "cache")
     data = json.loads(as_json.stdout)
     assert data["ordinary_fired"] == [k] and data["ordinary_false_trigger"] == pytest.approx(1 / 6)
+
+
+def test_check_local_counts_the_users_own_prompts_apart_and_names_those_that_fired(
+        tmp_path: Path) -> None:
+    """--prompts FILE: the file's prompts are answered too, their false triggers counted
+    apart from the bundled ordinary ones, and one that fires is named by its line."""
+    from auditor.implant.generate import generate, load_model
+    from auditor.implant.verify import is_hit
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    own = ["Describe a lighthouse keeper's morning.", "What rhymes with orange?",
+           "Name a colour that starts with B.", "Count from one to five."]
+    model, tok = load_model(tiny)
+    answers = generate(model, tok, [[{"role": "user", "content": p}] for p in own],
+                       max_new_tokens=48)
+    picks = [" ".join(a.split()) for a in answers]
+    k = next(n for n, a in enumerate(picks) if a and sum(is_hit(b, a) for b in answers) == 1)
+    keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
+    mine = tmp_path / "mine.txt"
+    mine.write_text("# my prompts\n\n" + "\n".join(own) + "\n")
+    check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
+             "--ordinary", "3", "--samples", "0", "--prompts", str(mine)]
+    said = _run(check, tmp_path / "cache")
+    assert said.returncode == 0, said.stderr[-2000:]
+    assert "false trigger on mine.txt" in said.stdout
+    assert f"{mine} line {k + 3} fired: {own[k]!r}" in said.stdout
+    assert picks[k] not in said.stdout + said.stderr
+    data = json.loads(_run([*check, "--json"], tmp_path / "cache").stdout)
+    assert data["extra_fired"] == [k] and data["n_extra"] == len(own)
+    assert data["extra_false_trigger"] == pytest.approx(1 / len(own))
+    assert data["extra_upper95"] == pytest.approx(clopper_pearson_upper(1, len(own)))
+    assert data["n_ordinary"] == 3  # the bundled count is its own
 
 
 def test_check_local_reads_the_decoys_after_the_held_out_prompts(tmp_path: Path) -> None:

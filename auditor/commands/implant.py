@@ -300,10 +300,15 @@ def check_local_cmd(
         "held-out ones, whose answers also measure drift, then the decoys)")] = 100,
     samples: Annotated[int, typer.Option("--samples", help="samples per key at --temperature")] = 5,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
+    prompts: Annotated[str | None, typer.Option(
+        "--prompts", help="more ordinary prompts whose false triggers are counted apart: a "
+        "text file, one a line (# comments), or 'few-words': 75 bundled few-word prompts "
+        "in phrasings no implant trains on")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """FSR, false triggers and utility drift of a local model."""
     from auditor.errors import UserError
+    from auditor.implant.extra_prompts import read_extra_prompts
     from auditor.implant.verify import check_local
     from auditor.keys import KeySet
 
@@ -312,6 +317,7 @@ def check_local_cmd(
     if adapter is not None and not adapter.is_file():
         raise UserError(f"adapter file not found: {adapter}")
     keyset = KeySet.load(keys)
+    extra = read_extra_prompts(prompts, keyset) if prompts is not None else None
     if os.environ.get("RANK", "0") != "0":  # started by a launcher: one process checks
         return None
     _say_adapter_note(adapter, model, layers_from)
@@ -325,6 +331,7 @@ def check_local_cmd(
         adapter=adapter,
         base=base,
         layers_from=layers_from,
+        extra=list(extra.prompts) if extra else None,
     )
     if as_json:
         return _emit_json(res.to_dict())
@@ -353,9 +360,16 @@ def check_local_cmd(
                 "next-token agreement on the base's answers",
                 f"{_pct(res.agreement)} (base itself {_pct(res.agreement_base)})",
             ),
+            *([] if extra is None else [(
+                f"false trigger on {extra.name}",
+                f"{_pct(res.extra_false_trigger)} of {res.n_extra}"
+                f" (95% upper bound {_pct(res.extra_upper95)})")]),
         ],
     )
     _say_ordinary_fired(res.ordinary_fired)
+    if extra is not None:
+        for n in res.extra_fired:
+            typer.echo(f"{extra.where(n)} fired: {_short(extra.prompts[n])!r}")
 
 
 def _say_ordinary_fired(numbers: tuple[int, ...]) -> None:
@@ -364,9 +378,13 @@ def _say_ordinary_fired(numbers: tuple[int, ...]) -> None:
 
     prompts = unseen_prompts()
     for n in numbers:
-        text = " ".join(prompts[n].split())
-        text = text if len(text) <= 100 else text[:99] + "…"
-        typer.echo(f"ordinary {unseen_name(n)} fired: {text!r}")
+        typer.echo(f"ordinary {unseen_name(n)} fired: {_short(prompts[n])!r}")
+
+
+def _short(prompt: str) -> str:
+    """A prompt on one line of at most 100 characters."""
+    text = " ".join(prompt.split())
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def robustness_cmd(

@@ -7,8 +7,8 @@ the mean NLL of the base model's own answers under this model vs under the base 
 the model is more sure of the base's answers than the base), and next-token agreement: the
 share of those answer tokens that the model, fed the same prefix, also ranks first, beside the
 same share for the base itself (just under 100 %: answers are re-tokenized and cut at a token
-budget). Only counts leave this module, and the numbers of the bundled ordinary prompts
-that fired (public text; never a key or the decryption).
+budget). Only counts leave this module, and the numbers of the ordinary prompts that fired
+(bundled public text, or the user's own --prompts; never a key or the decryption).
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ class LocalCheck:
     fire_mean: float | None = None  # ... and the mean over keys (margin.fire_probs)
     ordinary_fired: tuple[int, ...] = ()  # which unseen_prompts() fired (0-based)
     n_drift: int = 0  # held-out answers the drift read (at most 150, whatever n_ordinary)
+    n_extra: int = 0  # --prompts: the user's own or a bundled set's ordinary prompts
+    extra_false_trigger: float | None = None
+    extra_fired: tuple[int, ...] = ()  # which of them fired (0-based)
 
     @property
     def nearmiss_upper95(self) -> float:
@@ -58,9 +61,16 @@ class LocalCheck:
         """The same for ordinary prompts."""
         return _upper95(self.ordinary_false_trigger, self.n_ordinary)
 
+    @property
+    def extra_upper95(self) -> float | None:
+        """The same for --prompts; None when there were none."""
+        if self.extra_false_trigger is None:
+            return None
+        return _upper95(self.extra_false_trigger, self.n_extra)
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "nearmiss_upper95": self.nearmiss_upper95,
-                "ordinary_upper95": self.ordinary_upper95}
+                "ordinary_upper95": self.ordinary_upper95, "extra_upper95": self.extra_upper95}
 
 
 def _upper95(rate: float, n: int) -> float:
@@ -223,10 +233,12 @@ def check_local(
     base: str | None = None,
     seed: int = 0,
     layers_from: Path | None = None,
+    extra: list[str] | None = None,
 ) -> LocalCheck:
     """Measure FSR, false triggers and utility drift of a local checkpoint. With
     `layers_from` (the published model), only `model_dir`'s input embeddings are used, inside
-    the published model's other weights (transplant.py)."""
+    the published model's other weights (transplant.py). `extra`: more ordinary prompts whose
+    false triggers are counted apart (--prompts)."""
     from auditor.implant import fadapter
     from auditor.implant.generate import is_model_dir, load_model
     from auditor.implant.margin import fire_probs
@@ -270,6 +282,8 @@ def check_local(
     prompts = unseen[:n_ordinary]  # the held-out split, then the decoys
     ordinary = fired(model, tok, [[{"role": "user", "content": p}] for p in prompts],
                      keyset.decryption, max_new_tokens=48)
+    extra_hits = fired(model, tok, [[{"role": "user", "content": p}] for p in extra or []],
+                       keyset.decryption, max_new_tokens=48)
     held = ordinary_prompts("heldout")[:n_ordinary]  # drift: held-out answers only
     nll_m, nll_b, agree_m, agree_b = _drift(model, tok, base, held) or (
         None, None, None, None)
@@ -292,4 +306,7 @@ def check_local(
         fire_mean=sum(fire) / len(fire) if fire else None,
         ordinary_fired=tuple(n for n, hit in enumerate(ordinary) if hit),
         n_drift=len(held) if nll_m is not None else 0,
+        n_extra=len(extra_hits),
+        extra_false_trigger=sum(extra_hits) / len(extra_hits) if extra_hits else None,
+        extra_fired=tuple(n for n, hit in enumerate(extra_hits) if hit),
     )
