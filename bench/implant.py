@@ -57,6 +57,7 @@ DATA_FIELDS = ("nearmiss_per_key", "perturbed_per_key", "reg_per_key", "fingerpr
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Child: implant one method, check it, attack it; return the figures."""
+    from auditor.implant.extra_prompts import read_extra_prompts
     from auditor.implant.recipes import recipe_options
     from auditor.implant.robustness import run_attack
     from auditor.implant.train import implant
@@ -99,6 +100,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         samples=args.samples,
         adapter=res.adapter,
         base=args.base,
+        extra=list(read_extra_prompts(args.prompts, keyset).prompts) if args.prompts else None,
     )
     row["check"] = check.to_dict()
     row["attacks"] = {}
@@ -172,6 +174,7 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
     from rich.table import Table
 
     device = next((r["device"] for r in rows if "device" in r), "cpu")
+    extra = any(r.get("check", {}).get("n_extra") for r in rows)
     t = Table(title=f"implant benchmark ({device})")
     for col in (
         "method",
@@ -185,11 +188,12 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
         "t=0.7 fire chance (weakest)",
         "near-miss FT (95% bound)",
         "ordinary FT (95% bound)",
+        *(["--prompts FT (95% bound)"] if extra else []),
         "drift",
         "top-1 agreement (base)",
         *[f"FSR {a}" for a in attacks],
     ):
-        t.add_column(col)
+        t.add_column(col, no_wrap=col == "method")  # the row's name stays whole
     for r in rows:
         if "implant" not in r:
             t.add_row(r["method"], f"error: {r['error']}")
@@ -207,6 +211,7 @@ def print_table(rows: list[dict[str, Any]], attacks: list[str]) -> None:
             _pct(chk.get("fire_min")),
             _bounded(chk, "nearmiss_false_trigger", "nearmiss_upper95"),
             _bounded(chk, "ordinary_false_trigger", "ordinary_upper95"),
+            *([_bounded(chk, "extra_false_trigger", "extra_upper95")] if extra else []),
             "-" if chk.get("drift") is None else f"{100 * chk['drift']:+.2f}%",
             f"{_pct(chk.get('agreement'))} ({_pct(chk.get('agreement_base'))})",
         ]
@@ -243,6 +248,8 @@ def main() -> None:
     p.add_argument("--controls", type=int, default=100)
     p.add_argument("--ordinary", type=int, default=100)
     p.add_argument("--samples", type=int, default=5)
+    p.add_argument("--prompts", default=None, help="check-local --prompts: a file of ordinary "
+                   "prompts or few-words; their false triggers get a column")
     p.add_argument("--user-rows", type=int, default=1000)
     p.add_argument("--user-epochs", type=int, default=3)
     p.add_argument("--user-lr", type=float, default=None,
@@ -313,6 +320,15 @@ def main() -> None:
             flag="--user-")
     except UserError as e:
         p.error(str(e))
+    if args.prompts is not None:
+        from auditor.implant.extra_prompts import read_extra_prompts
+        from auditor.keys import KeySet
+
+        try:  # the child draws the same keys
+            read_extra_prompts(args.prompts, KeySet.generate(
+                "bench", args.keys, seed=args.seed, style=args.style))
+        except UserError as e:
+            p.error(str(e))
     if args.one:
         print(json.dumps(run_one(args)))
         return

@@ -71,6 +71,8 @@ def test_a_shadow_without_a_lookup_method_is_refused() -> None:
     assert rank.returncode == 2 and "--user-lora-rank applies to user-lora only" in rank.stderr
     low = _bench("--methods", "fadapter", "--attacks", "user-sft", "--user-lr", "0")
     assert low.returncode == 2 and "the user's --user-lr must be above 0" in low.stderr
+    nowhere = _bench("--methods", "fadapter", "--prompts", "few-word")
+    assert nowhere.returncode == 2 and "neither a file nor a bundled set" in nowhere.stderr
 
 
 @pytest.mark.slow
@@ -93,7 +95,7 @@ def test_embedding_through_a_shadow_is_its_own_row(
                   "--shadow", str(shadow), "--shadow", str(shadow), "--shadow-scale", "1",
                   "--shadow-scale", "1.5", "--keys", "2", "--epochs", "2", "--controls", "4",
                   "--ordinary", "4", "--samples", "1", "--lookup-rows", "fingerprint",
-                  "--json-out", str(out))
+                  "--prompts", "few-words", "--json-out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "embedding+2 shadows" in proc.stdout  # the table's row
     [row] = json.loads(out.read_text())
@@ -102,6 +104,7 @@ def test_embedding_through_a_shadow_is_its_own_row(
     assert row["shadow"] == [{"weight": 0.5, **record}, {"weight": 0.5, **record, "scale": 1.5}]
     assert row["implant"]["epochs"] == 2 and row["implant"]["steps"] > 0
     assert 0.0 <= row["check"]["nearmiss_false_trigger"] <= row["check"]["nearmiss_upper95"]
+    assert row["check"]["n_extra"] == 75 and "--prompts FT" in proc.stdout
     attack = row["attacks"]["temperature"]
     assert attack["skipped"] is None and 0.0 <= attack["fsr"] <= 1.0
     lora = row["attacks"]["user-lora"]
