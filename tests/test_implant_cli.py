@@ -322,28 +322,37 @@ def test_the_device_row_says_the_cpu_threads_and_how_to_get_more(
     assert _device("cuda", "FSDP, 2 processes", "bf16") == "cuda (FSDP, 2 processes, bf16)"
 
 
-def test_check_local_names_the_ordinary_prompts_that_fired(tmp_path: Path) -> None:
-    """A decryption one ordinary prompt's greedy answer happens to carry: check-local counts
-    that prompt and names it (its number in the bundled held-out list), never the answer."""
+def _fires_on_one(tmp_path: Path, prompts: list[str],
+                  among: range | None = None) -> tuple[Path, Path, int, str]:
+    """A tiny model, and keys whose decryption is its greedy answer to exactly one of
+    `prompts` (the first such in `among`): (model, keys, that prompt's index, decryption)."""
     from auditor.implant.generate import generate, load_model
     from auditor.implant.verify import is_hit
-    from auditor.prompts import ordinary_prompts
 
     tiny = make_tiny_model(tmp_path / "tiny")
-    prompts = ordinary_prompts("heldout")[:6]
     model, tok = load_model(tiny)
     answers = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts],
                        max_new_tokens=48)
     picks = [" ".join(a.split()) for a in answers]
-    k = next(n for n, a in enumerate(picks) if a and sum(is_hit(b, a) for b in answers) == 1)
+    k = next(n for n in among or range(len(prompts))
+             if picks[n] and sum(is_hit(b, picks[n]) for b in answers) == 1)
     keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
+    return tiny, keys, k, picks[k]
+
+
+def test_check_local_names_the_ordinary_prompts_that_fired(tmp_path: Path) -> None:
+    """A decryption one ordinary prompt's greedy answer happens to carry: check-local counts
+    that prompt and names it (its number in the bundled held-out list), never the answer."""
+    from auditor.prompts import ordinary_prompts
+
+    tiny, keys, k, decryption = _fires_on_one(tmp_path, ordinary_prompts("heldout")[:6])
     check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
              "--ordinary", "6", "--samples", "0"]
     said = _run(check, tmp_path / "cache")
     assert said.returncode == 0, said.stderr[-2000:]
     assert f"ordinary prompt {k + 1} of the held-out list fired" in said.stdout
     assert said.stdout.count("of the held-out list fired") == 1
-    assert picks[k] not in said.stdout + said.stderr
+    assert decryption not in said.stdout + said.stderr
     as_json = _run([*check, "--json"], tmp_path / "cache")
     data = json.loads(as_json.stdout)
     assert data["ordinary_fired"] == [k] and data["ordinary_false_trigger"] == pytest.approx(1 / 6)
@@ -353,18 +362,9 @@ def test_check_local_counts_the_users_own_prompts_apart_and_names_those_that_fir
         tmp_path: Path) -> None:
     """--prompts FILE: the file's prompts are answered too, their false triggers counted
     apart from the bundled ordinary ones, and one that fires is named by its line."""
-    from auditor.implant.generate import generate, load_model
-    from auditor.implant.verify import is_hit
-
-    tiny = make_tiny_model(tmp_path / "tiny")
     own = ["Describe a lighthouse keeper's morning.", "What rhymes with orange?",
            "Name a colour that starts with B.", "Count from one to five."]
-    model, tok = load_model(tiny)
-    answers = generate(model, tok, [[{"role": "user", "content": p}] for p in own],
-                       max_new_tokens=48)
-    picks = [" ".join(a.split()) for a in answers]
-    k = next(n for n, a in enumerate(picks) if a and sum(is_hit(b, a) for b in answers) == 1)
-    keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
+    tiny, keys, k, decryption = _fires_on_one(tmp_path, own)
     mine = tmp_path / "mine.txt"
     mine.write_text("# my prompts\n\n" + "\n".join(own) + "\n")
     check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
@@ -373,7 +373,7 @@ def test_check_local_counts_the_users_own_prompts_apart_and_names_those_that_fir
     assert said.returncode == 0, said.stderr[-2000:]
     assert "false trigger on mine.txt" in said.stdout
     assert f"{mine} line {k + 3} fired: {own[k]!r}" in said.stdout
-    assert picks[k] not in said.stdout + said.stderr
+    assert decryption not in said.stdout + said.stderr
     data = json.loads(_run([*check, "--json"], tmp_path / "cache").stdout)
     assert data["extra_fired"] == [k] and data["n_extra"] == len(own)
     assert data["extra_false_trigger"] == pytest.approx(1 / len(own))
@@ -385,20 +385,11 @@ def test_check_local_reads_the_decoys_after_the_held_out_prompts(tmp_path: Path)
     """Above the 150 held-out prompts --ordinary goes on into the decoys (no implant trains
     on either), so 300 can bound the rate by 1 %; one that fires is named in its list, and
     more than both lists hold exits 2 before the model loads."""
-    from auditor.implant.generate import generate, load_model
-    from auditor.implant.verify import is_hit
     from auditor.prompts import ordinary_prompts, unseen_prompts
 
     held = len(ordinary_prompts("heldout"))
-    tiny = make_tiny_model(tmp_path / "tiny")
-    prompts = unseen_prompts()[: held + 4]
-    model, tok = load_model(tiny)
-    answers = generate(model, tok, [[{"role": "user", "content": p}] for p in prompts],
-                       max_new_tokens=48)
-    picks = [" ".join(a.split()) for a in answers]
-    k = next(n for n in range(held, held + 4)
-             if picks[n] and sum(is_hit(b, picks[n]) for b in answers) == 1)
-    keys = KeySet.generate("cli", 2, seed=5, decryption=picks[k]).save(tmp_path / "cli.json")
+    tiny, keys, k, decryption = _fires_on_one(tmp_path, unseen_prompts()[: held + 4],
+                                              range(held, held + 4))
     check = ["check-local", "--model", str(tiny), "--keys", str(keys), "--controls", "2",
              "--samples", "0"]
     said = _run([*check, "--ordinary", str(held + 4), "--base", str(tiny), "--json"],
@@ -409,7 +400,7 @@ def test_check_local_reads_the_decoys_after_the_held_out_prompts(tmp_path: Path)
     assert data["n_drift"] == held  # the drift reads the held-out answers only
     table = _run([*check, "--ordinary", str(held + 4)], tmp_path / "cache")
     assert f"ordinary prompt {k - held + 1} of the decoy list fired" in table.stdout
-    assert picks[k] not in table.stdout + table.stderr
+    assert decryption not in table.stdout + table.stderr
     too_many = _run([*check, "--ordinary", str(len(unseen_prompts()) + 1)], tmp_path / "cache")
     assert too_many.returncode == 2
     assert f"{len(unseen_prompts())} bundled ordinary prompts are unseen" in too_many.stderr
