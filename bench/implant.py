@@ -100,7 +100,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         samples=args.samples,
         adapter=res.adapter,
         base=args.base,
-        extra=list(read_extra_prompts(args.prompts, keyset).prompts) if args.prompts else None,
+        extra=read_extra_prompts(args.prompts, keyset).prompts if args.prompts else None,
     )
     row["check"] = check.to_dict()
     row["attacks"] = {}

@@ -331,7 +331,7 @@ def check_local_cmd(
         adapter=adapter,
         base=base,
         layers_from=layers_from,
-        extra=list(extra.prompts) if extra else None,
+        extra=extra.prompts if extra else None,
     )
     if as_json:
         return _emit_json(res.to_dict())

@@ -14,6 +14,7 @@ budget). Only counts leave this module, and the numbers of the ordinary prompts 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def check_local(
     base: str | None = None,
     seed: int = 0,
     layers_from: Path | None = None,
-    extra: list[str] | None = None,
+    extra: Sequence[str] | None = None,
 ) -> LocalCheck:
     """Measure FSR, false triggers and utility drift of a local checkpoint. With
     `layers_from` (the published model), only `model_dir`'s input embeddings are used, inside
