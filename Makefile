@@ -36,7 +36,7 @@ demo: setup
 	$(VENV)/bin/auditor demo
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
